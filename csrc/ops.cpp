@@ -1,0 +1,35 @@
+// The schemas of the native kernels and the (empty) Python module fastvae._C.
+//
+// One schema per op; csrc/cpu/*.cpp and csrc/cuda/*.cu each register one implementation
+// per dispatch key. These are the `native` backend of the public custom ops in
+// fastvae/ops.py, called below autograd: the public ops own autograd and fake tensors.
+// Arguments follow the backend interface documented in fastvae/reference.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing fastvae._C runs the static registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastvae, m) {
+  // z = mu + exp(logvar / 2) * eps; kl (B,) per-sample KL, float32 (float64 for float64).
+  // eps = None: the Philox stream of the 0-d int64 `seed`, as tl.randn(seed, i).
+  m.def("_reparam_kl_fwd(Tensor mu, Tensor logvar, Tensor? eps, Tensor seed) -> (Tensor, Tensor)");
+  m.def(
+      "_reparam_kl_bwd(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor? eps, "
+      "Tensor seed) -> (Tensor, Tensor)");
+  // Returns (y, pre_norm, mean, rstd); groups == 0 means no norm; scale/shift broadcast to y.
+  m.def(
+      "_deconv_block_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? scale, Tensor? shift, "
+      "int groups, str activation, float negative_slope, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Returns (grad_x, grad_weight, grad_bias, grad_scale, grad_shift); absent ones are empty.
+  m.def(
+      "_deconv_block_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor pre_norm, Tensor mean, "
+      "Tensor rstd, Tensor? scale, Tensor? shift, bool has_bias, int groups, str activation, "
+      "float negative_slope, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

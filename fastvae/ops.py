@@ -1,0 +1,218 @@
+"""The public ops: `torch.library` custom ops in the `fastvae` namespace.
+
+Each op is one registered forward and one registered backward, both taking the concrete
+backend by name; the Python functions at the bottom check arguments, resolve `auto`
+and call them. The backend modules (reference.py, _native.py, fastvae.kernels.*) share
+one interface, documented in reference.py.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _validate, backends
+from .reference import compute_dtype
+
+SEED_HIGH = 2**62  # seeds drawn by torch are in [0, SEED_HIGH)
+
+
+def _memory_format(t: Tensor):
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _dense(out: Optional[Tensor], like: Tensor) -> Tensor:
+    """`out` made dense in `like`'s memory format (a no-op when a backend already did)."""
+    return out.contiguous(memory_format=_memory_format(like))
+
+
+def _empty_like(t: Tensor) -> Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=_memory_format(t))
+
+
+def _absent(like: Tensor) -> Tensor:
+    """Stand-in output for a gradient that has no input: custom ops cannot return None."""
+    return like.new_empty(0)
+
+
+# ----------------------------------------------------------------------------- reparam_kl
+
+
+@torch.library.custom_op("fastvae::reparam_kl", mutates_args=())
+def _reparam_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor,
+                backend: str) -> tuple[Tensor, Tensor]:
+    z, kl = backends.implementation(backend).reparam_kl_fwd(mu, logvar, eps, seed)
+    return z.contiguous(), kl.contiguous()
+
+
+@_reparam_kl.register_fake
+def _(mu, logvar, eps, seed, backend):
+    torch._check(mu.shape == logvar.shape, lambda: "logvar must have the shape of mu")
+    torch._check(seed.dim() == 0, lambda: "seed must be a 0-d tensor")
+    z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    return z, mu.new_empty(mu.shape[0], dtype=compute_dtype(mu.dtype))
+
+
+@torch.library.custom_op("fastvae::reparam_kl_backward", mutates_args=())
+def _reparam_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor,
+                         eps: Optional[Tensor], seed: Tensor,
+                         backend: str) -> tuple[Tensor, Tensor]:
+    grad_mu, grad_logvar = backends.implementation(backend).reparam_kl_bwd(
+        grad_z, grad_kl, mu, logvar, eps, seed)
+    return grad_mu.contiguous(), grad_logvar.contiguous()
+
+
+@_reparam_kl_backward.register_fake
+def _(grad_z, grad_kl, mu, logvar, eps, seed, backend):
+    return (torch.empty(mu.shape, dtype=mu.dtype, device=mu.device),
+            torch.empty(mu.shape, dtype=mu.dtype, device=mu.device))
+
+
+def _reparam_kl_setup_context(ctx, inputs, output):
+    mu, logvar, eps, seed, backend = inputs
+    ctx.save_for_backward(mu, logvar, eps, seed)
+    ctx.backend = backend
+
+
+def _reparam_kl_grad(ctx, grad_z, grad_kl):
+    mu, logvar, eps, seed = ctx.saved_tensors
+    grad_mu, grad_logvar = torch.ops.fastvae.reparam_kl_backward(
+        grad_z, grad_kl, mu, logvar, eps, seed, ctx.backend)
+    return grad_mu, grad_logvar, None, None, None
+
+
+_reparam_kl.register_autograd(_reparam_kl_grad, setup_context=_reparam_kl_setup_context)
+
+
+# --------------------------------------------------------------------------- deconv_block
+
+
+@torch.library.custom_op("fastvae::deconv_block", mutates_args=())
+def _deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Optional[Tensor],
+                  shift: Optional[Tensor], groups: int, activation: str,
+                  negative_slope: float, eps: float,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, pre_norm, mean, rstd = backends.implementation(backend).deconv_block_fwd(
+        x, weight, bias, scale, shift, groups, activation, negative_slope, eps)
+    return _dense(y, x), _dense(pre_norm, x), mean.contiguous(), rstd.contiguous()
+
+
+@_deconv_block.register_fake
+def _(x, weight, bias, scale, shift, groups, activation, negative_slope, eps, backend):
+    torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "x and weight must be 4-D")
+    n, _, h, w = x.shape
+    out = torch.empty((n, weight.shape[1], 2 * h, 2 * w), dtype=x.dtype, device=x.device,
+                      memory_format=_memory_format(x))
+    stats = x.new_empty((n, groups), dtype=compute_dtype(x.dtype))
+    return out, torch.empty_like(out), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastvae::deconv_block_backward", mutates_args=())
+def _deconv_block_backward(grad_y: Tensor, x: Tensor, weight: Tensor, pre_norm: Tensor,
+                           mean: Tensor, rstd: Tensor, scale: Optional[Tensor],
+                           shift: Optional[Tensor], has_bias: bool, groups: int,
+                           activation: str, negative_slope: float, eps: float,
+                           backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grads = backends.implementation(backend).deconv_block_bwd(
+        grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
+        groups, activation, negative_slope, eps)
+    grad_x, grad_weight, grad_bias, grad_scale, grad_shift = grads
+    return (_dense(grad_x, x), _dense(grad_weight, weight),
+            grad_bias.contiguous() if has_bias else _absent(x),
+            _absent(x) if scale is None else _dense(grad_scale, scale),
+            _absent(x) if shift is None else _dense(grad_shift, shift))
+
+
+@_deconv_block_backward.register_fake
+def _(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias, groups, activation,
+      negative_slope, eps, backend):
+    grad_bias = x.new_empty(weight.shape[1]) if has_bias else _absent(x)
+    return (_empty_like(x), _empty_like(weight), grad_bias,
+            _absent(x) if scale is None else _empty_like(scale),
+            _absent(x) if shift is None else _empty_like(shift))
+
+
+def _deconv_block_setup_context(ctx, inputs, output):
+    x, weight, bias, scale, shift, groups, activation, negative_slope, eps, backend = inputs
+    _, pre_norm, mean, rstd = output
+    ctx.save_for_backward(x, weight, pre_norm, mean, rstd, scale, shift)
+    ctx.has_bias = bias is not None
+    ctx.args = (groups, activation, negative_slope, eps, backend)
+
+
+def _deconv_block_grad(ctx, grad_y, _grad_pre_norm, _grad_mean, _grad_rstd):
+    x, weight, pre_norm, mean, rstd, scale, shift = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias, grad_scale, grad_shift = (
+        torch.ops.fastvae.deconv_block_backward(
+            grad_y, x, weight, pre_norm, mean, rstd, scale, shift, ctx.has_bias, *ctx.args))
+    return (grad_x, grad_weight, grad_bias if ctx.has_bias else None,
+            None if scale is None else grad_scale, None if shift is None else grad_shift,
+            None, None, None, None, None)
+
+
+_deconv_block.register_autograd(_deconv_block_grad, setup_context=_deconv_block_setup_context)
+
+
+# ------------------------------------------------------------------------ public functions
+
+
+def reparam_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
+               seed: Optional[int] = None, reduction: str = "mean",
+               backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """z = mu + exp(logvar / 2) * eps and KL(N(mu, exp(logvar)) || N(0, 1)) per sample.
+
+    With eps=None the noise is Triton's `tl.randn(seed, i)` stream, drawn in the kernel
+    and regenerated in backward; seed=None draws one from torch's generator of mu's
+    device. Returns (z, kl): z has mu's dtype; kl is float32 (float64 for float64 input),
+    shape (B,) for reduction="none", else a scalar.
+    """
+    _validate.reparam_kl(mu, logvar, eps, seed, reduction)
+    concrete = backends.resolve(backend, "reparam_kl", mu.device)
+    if seed is None:
+        seed_t = torch.randint(SEED_HIGH, (), dtype=torch.int64, device=mu.device)
+    else:
+        seed_t = torch.tensor(seed, dtype=torch.int64)
+    if eps is not None:
+        eps = eps.detach()
+    z, kl = torch.ops.fastvae.reparam_kl(mu, logvar, eps, seed_t, concrete)
+    if reduction == "mean":
+        kl = kl.mean()
+    elif reduction == "sum":
+        kl = kl.sum()
+    return z, kl
+
+
+def _as_broadcast(t: Optional[Tensor], per_channel: bool) -> Optional[Tensor]:
+    """(C,) -> (1, C, 1, 1); (N, C) -> (N, C, 1, 1); (N, C, H, W) stays."""
+    if t is None:
+        return None
+    if per_channel:
+        return t.view(1, -1, 1, 1)
+    return t if t.dim() == 4 else t.view(*t.shape, 1, 1)
+
+
+def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
+                 norm: str = "group", num_groups: int = 32,
+                 norm_weight: Optional[Tensor] = None, norm_bias: Optional[Tensor] = None,
+                 style_scale: Optional[Tensor] = None, style_shift: Optional[Tensor] = None,
+                 activation: str = "leaky_relu", negative_slope: float = 0.2,
+                 eps: float = 1e-5, backend: str = "auto") -> Tensor:
+    """act(affine(norm(conv_transpose2d(x, weight, bias, stride=2, padding=1)))).
+
+    x: (N, Cin, H, W); weight: (Cin, Cout, 4, 4); returns (N, Cout, 2H, 2W). The affine
+    is AdaIN with style_scale/style_shift of shape (N, Cout) or (N, Cout, 2H, 2W), else
+    norm_weight/norm_bias of shape (Cout,).
+    """
+    _validate.deconv_block(x, weight, bias, norm, num_groups, norm_weight, norm_bias,
+                           style_scale, style_shift, activation, eps)
+    concrete = backends.resolve(backend, "deconv_block", x.device)
+    groups = {"group": num_groups, "instance": weight.shape[1], "none": 0}[norm]
+    if style_scale is not None or style_shift is not None:
+        scale, shift = _as_broadcast(style_scale, False), _as_broadcast(style_shift, False)
+    else:
+        scale, shift = _as_broadcast(norm_weight, True), _as_broadcast(norm_bias, True)
+    y, _, _, _ = torch.ops.fastvae.deconv_block(
+        x, weight, bias, scale, shift, groups, activation, float(negative_slope), float(eps),
+        concrete)
+    return y

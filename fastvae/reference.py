@@ -1,0 +1,153 @@
+"""Plain-PyTorch ground truth for every op: the tests, benchmarks and fallbacks share it.
+
+Math runs in float32 (float64 for float64 inputs); outputs are cast back to the input
+dtype. Each op has the backend interface every backend implements:
+  reparam_kl_fwd(mu, logvar, eps, seed) -> (z, kl_per_sample)
+  reparam_kl_bwd(grad_z, grad_kl, mu, logvar, eps, seed) -> (grad_mu, grad_logvar)
+  deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative_slope, eps)
+      -> (y, pre_norm, mean, rstd)
+  deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
+                   groups, activation, negative_slope, eps)
+      -> (grad_x, grad_weight, grad_bias, grad_scale, grad_shift)
+`seed` is a 0-d int64 tensor. `scale`/`shift` are None or 4-D tensors that broadcast to
+the output: (1, C, 1, 1) for norm_weight/norm_bias, (N, C, 1, 1) or (N, C, H, W) for
+AdaIN. `groups` is 0 for no norm. Absent gradients come back as None.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import philox
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- reparam_kl
+
+
+def noise(mu: Tensor, eps: Optional[Tensor], seed: Tensor) -> Tensor:
+    """The eps the op uses, in the compute dtype: given, or the Philox stream of `seed`."""
+    acc = compute_dtype(mu.dtype)
+    if eps is not None:
+        return eps.to(acc)
+    return philox.randn(int(seed), mu.numel(), device=mu.device).view(mu.shape).to(acc)
+
+
+def reparam_kl_fwd(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor):
+    acc = compute_dtype(mu.dtype)
+    m, lv = mu.to(acc), logvar.to(acc)
+    z = m + torch.exp(0.5 * lv) * noise(mu, eps, seed)
+    kl = -0.5 * (1 + lv - m * m - torch.exp(lv))
+    return z.to(mu.dtype), kl.reshape(mu.shape[0], -1).sum(1)
+
+
+def reparam_kl_bwd(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor,
+                   eps: Optional[Tensor], seed: Tensor):
+    acc = compute_dtype(mu.dtype)
+    m, lv = mu.to(acc), logvar.to(acc)
+    g_z = grad_z.to(acc)
+    g_kl = grad_kl.to(acc).view((-1,) + (1,) * (mu.dim() - 1))  # (B, 1, ...)
+    std = torch.exp(0.5 * lv)
+    grad_mu = g_z + g_kl * m
+    grad_logvar = g_z * noise(mu, eps, seed) * 0.5 * std + g_kl * 0.5 * (torch.exp(lv) - 1)
+    return grad_mu.to(mu.dtype), grad_logvar.to(mu.dtype)
+
+
+# --------------------------------------------------------------------------- deconv_block
+
+
+def activate(a: Tensor, activation: str, negative_slope: float) -> Tensor:
+    if activation == "leaky_relu":
+        return F.leaky_relu(a, negative_slope)
+    if activation == "relu":
+        return F.relu(a)
+    if activation == "silu":
+        return F.silu(a)
+    return a
+
+
+def activate_grad(a: Tensor, activation: str, negative_slope: float) -> Tensor:
+    """d act(a) / da."""
+    if activation == "leaky_relu":
+        return torch.where(a > 0, 1.0, negative_slope).to(a.dtype)
+    if activation == "relu":
+        return (a > 0).to(a.dtype)
+    if activation == "silu":
+        s = torch.sigmoid(a)
+        return s * (1 + a * (1 - s))
+    return torch.ones_like(a)
+
+
+def group_stats(h: Tensor, groups: int, eps: float):
+    """Biased mean and 1/sqrt(var + eps) of each (sample, group): (N, groups) each."""
+    g = h.reshape(h.shape[0], groups, -1)
+    mean = g.mean(-1)
+    var = (g - mean[..., None]).square().mean(-1)
+    return mean, torch.rsqrt(var + eps)
+
+
+def normalize(h: Tensor, mean: Tensor, rstd: Tensor, groups: int) -> Tensor:
+    g = h.reshape(h.shape[0], groups, -1)
+    return ((g - mean[..., None]) * rstd[..., None]).view(h.shape)
+
+
+def conv_transpose(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return F.conv_transpose2d(x, weight, bias, stride=2, padding=1)
+
+
+def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative_slope, eps):
+    acc = compute_dtype(x.dtype)
+    pre_norm = conv_transpose(x, weight, bias)  # (N, C, 2H, 2W), x's dtype
+    h = pre_norm.to(acc)
+    if groups:
+        mean, rstd = group_stats(h, groups, eps)
+        h = normalize(h, mean, rstd, groups)
+    else:
+        mean = rstd = h.new_empty(h.shape[0], 0)
+    if scale is not None:
+        h = h * scale.to(acc)
+    if shift is not None:
+        h = h + shift.to(acc)
+    y = activate(h, activation, negative_slope).to(x.dtype)
+    return y, pre_norm, mean, rstd
+
+
+def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
+                     groups, activation, negative_slope, eps):
+    acc = compute_dtype(x.dtype)
+    h = pre_norm.to(acc)
+    if groups:  # statistics recomputed: the reference trusts nothing it was handed
+        mean, rstd = group_stats(h, groups, eps)
+        n = normalize(h, mean, rstd, groups)
+    else:
+        n = h
+    a = n if scale is None else n * scale.to(acc)
+    if shift is not None:
+        a = a + shift.to(acc)
+    g_a = grad_y.to(acc) * activate_grad(a, activation, negative_slope)
+    grad_scale = None if scale is None else (g_a * n).sum_to_size(scale.shape).to(scale.dtype)
+    grad_shift = None if shift is None else g_a.sum_to_size(shift.shape).to(shift.dtype)
+    g_n = g_a if scale is None else g_a * scale.to(acc)
+    if groups:
+        gn = g_n.reshape(h.shape[0], groups, -1)
+        nn_ = n.reshape(h.shape[0], groups, -1)
+        g_h = rstd[..., None] * (gn - gn.mean(-1, keepdim=True)
+                                 - nn_ * (gn * nn_).mean(-1, keepdim=True))
+        g_h = g_h.view(h.shape)
+    else:
+        g_h = g_n
+    grad_x, grad_weight, grad_bias = conv_transpose_backward(
+        g_h.to(x.dtype), x, weight, has_bias)
+    return grad_x, grad_weight, grad_bias, grad_scale, grad_shift
+
+
+def conv_transpose_backward(grad_out: Tensor, x: Tensor, weight: Tensor, has_bias: bool):
+    """Gradients of conv_transpose2d(x, weight, bias, stride=2, padding=1) through ATen."""
+    grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_out, x, weight, [weight.shape[1]] if has_bias else None,
+        [2, 2], [1, 1], [1, 1], True, [0, 0], 1, [True, True, has_bias])
+    return grad_x, grad_weight, grad_bias

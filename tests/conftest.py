@@ -1,0 +1,69 @@
+"""Shared test helpers: one tolerance rule, random inputs, poisoned outputs.
+
+TRITON_INTERPRET=1 is set before anything imports triton, so the triton backend runs on
+CPU tensors in the tests (slowly: keep its grids small).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fastvae  # noqa: E402
+from fastvae.backends import _unavailable_reason  # noqa: E402
+
+# Float32 and float64 compare straight against the reference; float16/bfloat16 by the
+# flash-attention rule (see assert_close_to_reference).
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-2, atol=1e-2),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+}
+LOW_PRECISION_FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+BACKENDS = ("reference", "native", "triton")
+
+
+def backend_params(op: str, device: str = "cpu"):
+    """pytest params of every backend, unavailable ones as explicit skips with the reason."""
+    params = []
+    for backend in BACKENDS:
+        reason = _unavailable_reason(backend, op, device)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        params.append(pytest.param(backend, marks=marks, id=backend))
+    return params
+
+
+def poison(t: torch.Tensor) -> torch.Tensor:
+    """Fill a preallocated output with NaN so elements a kernel never writes show."""
+    return t.fill_(float("nan"))
+
+
+def noncontiguous(t: torch.Tensor) -> torch.Tensor:
+    """The same values as `t` through a strided view (every other element of a wider tensor)."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    poison(wide) if t.is_floating_point() else None
+    view = wide[..., ::2]
+    view.copy_(t)
+    assert not view.is_contiguous()
+    return view
+
+
+def assert_close_to_reference(out, ref_low, ref_fp32, dtype, name="output"):
+    """`out` against the reference.
+
+    float32/float64: torch.testing.assert_close with TOLERANCES. float16/bfloat16: the
+    kernel's max error against the float32 reference is at most twice plain PyTorch's
+    max error in that dtype (ref_low) plus a small floor (flash-attention's rule).
+    """
+    if dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(out, ref_low, **TOLERANCES[dtype], msg=lambda m: f"{name}: {m}")
+        return
+    ref = ref_fp32.float()
+    err = (out.float() - ref).abs().max().item()
+    base = (ref_low.float() - ref).abs().max().item()
+    scale = max(1.0, ref.abs().max().item())
+    bound = 2 * base + LOW_PRECISION_FLOOR[dtype] * scale
+    assert err <= bound, f"{name}: {dtype} error {err:.3g} > bound {bound:.3g} (torch's own {base:.3g})"
+    assert torch.isfinite(out).all() == torch.isfinite(ref_fp32).all(), f"{name}: non-finite mismatch"
