@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -122,31 +123,46 @@ inline void randn_block(uint64_t seed, uint64_t offset, float* out) {
   }
 }
 
-// n elements of src into acc_t lanes; the lanes past n get 0 (a zero KL term).
+// The kLanes acc_t values at src[0, n): src itself when it already is a full block of
+// acc_t, else converted into buf, with 0 past n (a zero KL term).
 template <typename scalar_t, typename acc_t>
-inline void load_lanes(const scalar_t* src, int64_t n, acc_t* dst) {
-  if (n == kLanes) {
-    for (int l = 0; l < kLanes; ++l) dst[l] = static_cast<acc_t>(src[l]);
-  } else {
-    for (int64_t l = 0; l < kLanes; ++l) dst[l] = l < n ? static_cast<acc_t>(src[l]) : acc_t(0);
+inline const acc_t* load_lanes(const scalar_t* src, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (n == kLanes) return src;
   }
+  for (int64_t l = 0; l < kLanes; ++l) buf[l] = l < n ? static_cast<acc_t>(src[l]) : acc_t(0);
+  return buf;
+}
+
+// Where to compute the kLanes outputs for dst[0, n): dst itself when it can take a full
+// block of acc_t, else buf (then store_lanes converts and copies).
+template <typename scalar_t, typename acc_t>
+inline acc_t* out_lanes(scalar_t* dst, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (n == kLanes) return dst;
+  }
+  return buf;
 }
 
 template <typename scalar_t, typename acc_t>
 inline void store_lanes(const acc_t* src, int64_t n, scalar_t* dst) {
+  if (static_cast<const void*>(src) == static_cast<const void*>(dst)) return;
   for (int64_t l = 0; l < n; ++l) dst[l] = static_cast<scalar_t>(src[l]);
 }
 
 // The noise of elements [i, i + kLanes): given, or drawn from the seed.
 template <typename scalar_t, typename acc_t>
-inline void noise_lanes(const scalar_t* eps, uint64_t seed, int64_t i, int64_t n, acc_t* e) {
-  if (eps != nullptr) {
-    load_lanes(eps + i, n, e);
+inline const acc_t* noise_lanes(const scalar_t* eps, uint64_t seed, int64_t i, int64_t n,
+                                acc_t* buf) {
+  if (eps != nullptr) return load_lanes(eps + i, n, buf);
+  if constexpr (std::is_same_v<acc_t, float>) {
+    randn_block(seed, static_cast<uint64_t>(i), buf);
   } else {
     alignas(32) float drawn[kLanes];
     randn_block(seed, static_cast<uint64_t>(i), drawn);
-    for (int l = 0; l < kLanes; ++l) e[l] = static_cast<acc_t>(drawn[l]);
+    for (int l = 0; l < kLanes; ++l) buf[l] = static_cast<acc_t>(drawn[l]);
   }
+  return buf;
 }
 
 template <typename acc_t>
@@ -168,10 +184,11 @@ at::opmath_type<scalar_t> fwd_chunk(const scalar_t* mu, const scalar_t* logvar,
   Vec kl(acc_t(0));
   for (int64_t i = begin; i < end; i += kLanes) {
     const int64_t n = std::min(kLanes, end - i);
-    alignas(32) acc_t m[kLanes], lv[kLanes], e[kLanes], out[kLanes];
-    load_lanes(mu + i, n, m);
-    load_lanes(logvar + i, n, lv);
-    noise_lanes(eps, seed, i, n, e);
+    alignas(32) acc_t m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes], z_buf[kLanes];
+    const acc_t* m = load_lanes(mu + i, n, m_buf);
+    const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
+    const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
+    acc_t* out = out_lanes(z + i, n, z_buf);
     for (int64_t l = 0; l < kLanes; l += Vec::size()) {
       const Vec mv = Vec::loadu(m + l), lvv = Vec::loadu(lv + l);
       const Vec std = (lvv * Vec(acc_t(0.5))).exp();
@@ -192,11 +209,14 @@ void bwd_chunk(const scalar_t* grad_z, at::opmath_type<scalar_t> grad_kl, const 
   const Vec gkl(grad_kl);
   for (int64_t i = begin; i < end; i += kLanes) {
     const int64_t n = std::min(kLanes, end - i);
-    alignas(32) acc_t gz[kLanes], m[kLanes], lv[kLanes], e[kLanes], gm[kLanes], glv[kLanes];
-    load_lanes(grad_z + i, n, gz);
-    load_lanes(mu + i, n, m);
-    load_lanes(logvar + i, n, lv);
-    noise_lanes(eps, seed, i, n, e);
+    alignas(32) acc_t gz_buf[kLanes], m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes];
+    alignas(32) acc_t gm_buf[kLanes], glv_buf[kLanes];
+    const acc_t* gz = load_lanes(grad_z + i, n, gz_buf);
+    const acc_t* m = load_lanes(mu + i, n, m_buf);
+    const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
+    const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
+    acc_t* gm = out_lanes(grad_mu + i, n, gm_buf);
+    acc_t* glv = out_lanes(grad_logvar + i, n, glv_buf);
     for (int64_t l = 0; l < kLanes; l += Vec::size()) {
       const Vec gzv = Vec::loadu(gz + l), lvv = Vec::loadu(lv + l);
       const Vec std = (lvv * Vec(acc_t(0.5))).exp();
