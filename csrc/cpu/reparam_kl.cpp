@@ -155,6 +155,14 @@ template <typename scalar_t, typename acc_t>
 inline const acc_t* noise_lanes(const scalar_t* eps, uint64_t seed, int64_t i, int64_t n,
                                 acc_t* buf) {
   if (eps != nullptr) return load_lanes(eps + i, n, buf);
+  if (n < kLanes) {
+    // A row's tail, one element at a time through the scalar randn the CUDA kernels
+    // run: the tests' odd sizes check that code path too.
+    for (int64_t l = 0; l < kLanes; ++l) {
+      buf[l] = l < n ? static_cast<acc_t>(randn(seed, static_cast<uint64_t>(i + l))) : acc_t(0);
+    }
+    return buf;
+  }
   if constexpr (std::is_same_v<acc_t, float>) {
     randn_block(seed, static_cast<uint64_t>(i), buf);
   } else {
