@@ -113,17 +113,17 @@ FASTVAE_HD float log_f(float x) {
   const int32_t e = static_cast<int32_t>(bits >> 23) - 126 - small;
   const float f = (m - 1.0f) + static_cast<float>(small) * m;  // exact: m - 1 or 2m - 1
   const float ef = static_cast<float>(e);
+  // The Cephes polynomial in Estrin's form: the same terms, a shorter dependency chain.
   const float z = f * f;
-  float y = 7.0376836292e-2f;
-  y = y * f - 1.1514610310e-1f;
-  y = y * f + 1.1676998740e-1f;
-  y = y * f - 1.2420140846e-1f;
-  y = y * f + 1.4249322787e-1f;
-  y = y * f - 1.6668057665e-1f;
-  y = y * f + 2.0000714765e-1f;
-  y = y * f - 2.4999993993e-1f;
-  y = y * f + 3.3333331174e-1f;
-  y = y * f * z;
+  const float z2 = z * z;
+  const float p01 = 3.3333331174e-1f - 2.4999993993e-1f * f;
+  const float p23 = 2.0000714765e-1f - 1.6668057665e-1f * f;
+  const float p45 = 1.4249322787e-1f - 1.2420140846e-1f * f;
+  const float p67 = 1.1676998740e-1f - 1.1514610310e-1f * f;
+  const float p0_3 = p01 + p23 * z;
+  const float p4_7 = p45 + p67 * z;
+  const float p = p0_3 + (p4_7 + 7.0376836292e-2f * z2) * z2;
+  float y = p * f * z;
   y += -2.12194440e-4f * ef;
   y += -0.5f * z;
   return f + y + 0.693359375f * ef;
