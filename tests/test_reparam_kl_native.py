@@ -237,3 +237,15 @@ def test_raw_op_argument_errors_name_the_argument():
         bwd(randn((2, 2)), torch.zeros(2, device=DEVICE), mu, logvar, None, seed)
     with pytest.raises(RuntimeError, match="grad_kl"):
         bwd(randn((2, 3)), torch.zeros(3, device=DEVICE), mu, logvar, None, seed)
+
+
+def test_kl_accurate_on_long_rows():
+    # A row of 2**21 terms with a non-zero mean: float32 accumulation must stay as close
+    # to the float64 sum as torch's own float32 sum (within 2x plus a floor).
+    mu, logvar = randn((2, 1 << 21)) + 0.5, 0.3 * randn((2, 1 << 21))
+    _, kl = fwd(mu, logvar, None, seed_tensor(1))
+    m, lv = mu.double(), logvar.double()
+    exact = (-0.5 * (1 + lv - m * m - lv.exp())).sum(1)
+    torch_err = ((ref.reparam_kl_fwd(mu, logvar, None, seed_tensor(1))[1] - exact) / exact).abs().max()
+    err = ((kl.double() - exact) / exact).abs().max()
+    assert err <= 2 * torch_err + 1e-6, f"kl relative error {err:.2e}, torch's {torch_err:.2e}"

@@ -174,12 +174,15 @@ inline const acc_t* noise_lanes(const scalar_t* eps, uint64_t seed, int64_t i, i
   return buf;
 }
 
-template <typename acc_t>
-inline acc_t sum_lanes(const Vectorized<acc_t>& v) {
-  alignas(32) acc_t lanes[Vectorized<acc_t>::size()];
-  v.store(lanes);
+// The sum of kParts vectors' lanes, in a fixed order.
+template <int kParts, typename acc_t>
+inline acc_t sum_lanes(const Vectorized<acc_t> (&parts)[kParts]) {
   acc_t s = 0;
-  for (int l = 0; l < Vectorized<acc_t>::size(); ++l) s += lanes[l];  // fixed order
+  for (int p = 0; p < kParts; ++p) {
+    alignas(32) acc_t lanes[Vectorized<acc_t>::size()];
+    parts[p].store(lanes);
+    for (int l = 0; l < Vectorized<acc_t>::size(); ++l) s += lanes[l];
+  }
   return s;
 }
 
@@ -190,7 +193,10 @@ at::opmath_type<scalar_t> fwd_chunk(const scalar_t* mu, const scalar_t* logvar,
                                     int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
-  Vec kl(acc_t(0));
+  // One KL accumulator per vector of a block: each lane adds kChunk / kLanes terms at most.
+  constexpr int kParts = kLanes / Vec::size();
+  Vec kl[kParts];
+  for (Vec& part : kl) part = Vec(acc_t(0));
   for (int64_t i = begin; i < end; i += kLanes) {
     const int64_t n = std::min(kLanes, end - i);
     alignas(32) acc_t m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes], z_buf[kLanes];
@@ -198,11 +204,12 @@ at::opmath_type<scalar_t> fwd_chunk(const scalar_t* mu, const scalar_t* logvar,
     const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
     const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
     acc_t* out = out_lanes(z + i, n, z_buf);
-    for (int64_t l = 0; l < kLanes; l += Vec::size()) {
+    for (int p = 0; p < kParts; ++p) {
+      const int64_t l = p * Vec::size();
       const Vec mv = Vec::loadu(m + l), lvv = Vec::loadu(lv + l);
       const Vec std = (lvv * Vec(acc_t(0.5))).exp();
       reparam_z(mv, std, Vec::loadu(e + l)).store(out + l);
-      kl += kl_term(mv, lvv, std * std);
+      kl[p] += kl_term(mv, lvv, std * std);
     }
     store_lanes(out, n, z + i);
   }

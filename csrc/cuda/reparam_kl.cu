@@ -121,7 +121,8 @@ reparam_kl_fwd_kernel(const scalar_t* __restrict__ mu, const scalar_t* __restric
   }
 }
 
-// kl[row] = the row's partial sums added in task order; one warp per row.
+// kl[row] = the sum of the row's partials in a fixed order (strided per lane, then a
+// shuffle tree); one warp per row.
 template <typename acc_t>
 __global__ void reparam_kl_sum_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ kl,
                                       int64_t rows, int64_t per_row) {
