@@ -17,6 +17,7 @@ import torch
 
 import fastvae
 from fastvae.backends import _unavailable_reason
+from roofline import annotate
 
 SHAPES = {"16M": (256, 65536), "256x512": (256, 512)}
 ENTRIES = ("copy", "eager", "compile", "native")  # run in this order: the summary needs all
@@ -80,7 +81,7 @@ def write_summary(reporter):
 
 @pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_reparam_kl_native(benchmark, name, entry):
+def test_reparam_kl_native(benchmark, copy_bandwidth, name, entry):
     if entry == "native" and _unavailable_reason("native", "reparam_kl", "cpu"):
         pytest.skip(_unavailable_reason("native", "reparam_kl", "cpu"))
     shape = SHAPES[name]
@@ -100,6 +101,5 @@ def test_reparam_kl_native(benchmark, name, entry):
         run = lambda: fwd_bwd(fn, mu, logvar, grad_z, grad_kl)  # noqa: E731
         moved = TENSORS_MOVED * numel * 4
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
-    median = benchmark.stats.stats.median
-    _results[(name, entry)] = median
-    benchmark.extra_info["GB/s"] = round(moved / median / 1e9, 2)
+    _results[(name, entry)] = benchmark.stats.stats.median
+    annotate(benchmark, bytes_moved=moved, copy_bandwidth=copy_bandwidth)
