@@ -4,9 +4,9 @@
 // eps = None the noise is Philox (common/philox.h) and nothing is read for it. Backward
 // reads grad_z, mu and logvar and regenerates the same noise from (seed, i).
 //
-// Work is split into chunks of at most kChunk elements that never straddle a row of the
-// (B, D) view; each chunk's KL partial sum has a fixed order, and a row's partials are
-// added in chunk order, so kl does not depend on the thread count or the schedule.
+// Work is split into chunks (tasks) of at most kChunk elements that never straddle a row
+// of the (B, D) view; each chunk's KL partial sum has a fixed order, and a row's partials
+// are added in chunk order, so kl does not depend on the thread count or the schedule.
 // Inside a chunk, blocks of kLanes elements are staged through small arrays: integer
 // Philox on 8 AVX2 lanes, Box-Muller in a loop gcc vectorizes, the rest in Vectorized.
 // setup.py passes -mavx2 -mfma -DCPU_CAPABILITY_AVX2 but not -mf16c, which ATen's AVX2
@@ -24,6 +24,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
@@ -259,6 +260,26 @@ struct Chunks {
   int64_t grain() const { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, std::min(cols, kChunk))); }
 };
 
+// body(t) for every task t, on at::parallel_for's threads. Each thread takes batches of
+// `grain` tasks from a shared counter rather than a fixed 1/n of them, so a thread that
+// shares its core with another process does not hold the others up. Results stay
+// deterministic: every task writes its own slots.
+template <typename Body>
+void for_each_task(const Chunks& chunks, const Body& body) {
+  const int64_t tasks = chunks.tasks(), grain = chunks.grain();
+  const int threads = at::get_num_threads();
+  if (tasks <= grain || threads == 1) {
+    for (int64_t t = 0; t < tasks; ++t) body(t);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t t0 = next.fetch_add(grain); t0 < tasks; t0 = next.fetch_add(grain)) {
+      for (int64_t t = t0; t < std::min(tasks, t0 + grain); ++t) body(t);
+    }
+  });
+}
+
 uint64_t seed_value(const at::Tensor& seed) {
   return static_cast<uint64_t>(seed.item<int64_t>());  // Triton reads the seed as uint64
 }
@@ -281,10 +302,8 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_fwd(const at::Tensor& mu, const at
     const scalar_t* lv = logvar_c.const_data_ptr<scalar_t>();
     const scalar_t* e = eps_c.defined() ? eps_c.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* zp = z.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, chunks.tasks(), chunks.grain(), [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        partial[t] = fwd_chunk(m, lv, e, s, zp, chunks.begin(t), chunks.end(t));
-      }
+    for_each_task(chunks, [&](int64_t t) {
+      partial[t] = fwd_chunk(m, lv, e, s, zp, chunks.begin(t), chunks.end(t));
     });
     acc_t* out = kl.mutable_data_ptr<acc_t>();
     for (int64_t b = 0; b < chunks.rows; ++b) {  // a row's partials in chunk order
@@ -325,10 +344,8 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_bwd(const at::Tensor& grad_z, cons
     const scalar_t* e = eps_c.defined() ? eps_c.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* gm = grad_mu.mutable_data_ptr<scalar_t>();
     scalar_t* glv = grad_logvar.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, chunks.tasks(), chunks.grain(), [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        bwd_chunk(gz, gkl[t / chunks.per_row], m, lv, e, s, gm, glv, chunks.begin(t), chunks.end(t));
-      }
+    for_each_task(chunks, [&](int64_t t) {
+      bwd_chunk(gz, gkl[t / chunks.per_row], m, lv, e, s, gm, glv, chunks.begin(t), chunks.end(t));
     });
   });
   return {grad_mu, grad_logvar};
