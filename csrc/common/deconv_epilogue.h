@@ -1,0 +1,116 @@
+// Per-element math of the deconv_block epilogue, shared by the CPU (csrc/cpu) and CUDA
+// (csrc/cuda) kernels so both run the arithmetic the CPU tests check.
+//
+// Forward, per element of the pre-norm output h of channel c in (sample, group) g:
+//   n = (h - mean_g) * rstd_g;  a = n * scale + shift;  y = act(a)
+// Backward, with g_a = grad_y * act'(a) and g_n = g_a * scale:
+//   grad_shift = sum g_a;  grad_scale = sum g_a * n
+//   grad_h = rstd_g * (g_n - mean_g(g_n) - n * mean_g(g_n * n))
+// Group statistics are (count, mean, M2) triples merged with Chan's formula, so they
+// stay accurate when |mean| >> std (no sum-of-squares cancellation).
+#pragma once
+
+#include <cmath>
+
+#ifndef FASTVAE_HD
+#ifdef __CUDACC__
+#define FASTVAE_HD __host__ __device__
+#else
+#define FASTVAE_HD
+#endif
+#endif
+
+namespace fastvae {
+namespace deconv {
+
+enum class Activation : int { kNone = 0, kLeakyRelu = 1, kRelu = 2, kSilu = 3 };
+
+// (count, mean, M2): a partial of the biased variance M2 / count.
+template <typename T>
+struct Moments {
+  T count;
+  T mean;
+  T m2;
+};
+
+// Chan et al.'s parallel merge of two partials; an empty side leaves the other unchanged.
+template <typename T>
+FASTVAE_HD inline Moments<T> merge(Moments<T> a, Moments<T> b) {
+  T count = a.count + b.count;
+  if (count == T(0)) return a;
+  T delta = b.mean - a.mean;
+  T wb = b.count / count;
+  Moments<T> out;
+  out.count = count;
+  out.mean = a.mean + delta * wb;
+  out.m2 = a.m2 + b.m2 + delta * delta * a.count * wb;
+  return out;
+}
+
+// 1 / sqrt(biased variance + eps) of merged moments.
+template <typename T>
+FASTVAE_HD inline T rstd_of(Moments<T> m, T eps) {
+  T var = m.count > T(0) ? m.m2 / m.count : T(0);
+  return T(1) / std::sqrt(var + eps);
+}
+
+template <typename T>
+FASTVAE_HD inline T sigmoid(T a) {
+  return T(1) / (T(1) + std::exp(-a));
+}
+
+template <typename T>
+FASTVAE_HD inline T activate(T a, Activation act, T slope) {
+  switch (act) {
+    case Activation::kLeakyRelu: return a > T(0) ? a : a * slope;
+    case Activation::kRelu: return a > T(0) ? a : T(0);
+    case Activation::kSilu: return a * sigmoid(a);
+    default: return a;
+  }
+}
+
+// d act(a) / da. leaky_relu and relu use a > 0 as PyTorch does (slope, resp. 0, at a == 0).
+template <typename T>
+FASTVAE_HD inline T activate_grad(T a, Activation act, T slope) {
+  switch (act) {
+    case Activation::kLeakyRelu: return a > T(0) ? T(1) : slope;
+    case Activation::kRelu: return a > T(0) ? T(1) : T(0);
+    case Activation::kSilu: {
+      T s = sigmoid(a);
+      return s * (T(1) + a * (T(1) - s));
+    }
+    default: return T(1);
+  }
+}
+
+// Forward of one element: returns act(a) and writes n (the normalized value) if asked.
+template <typename T>
+FASTVAE_HD inline T forward(T h, T mean, T rstd, T scale, T shift, Activation act, T slope) {
+  T n = (h - mean) * rstd;  // subtract first: h * rstd - mean * rstd cancels when |mean| >> std
+  return activate(n * scale + shift, act, slope);
+}
+
+// The per-element terms of the backward: n and g_a = grad_y * act'(a).
+template <typename T>
+struct BackwardTerms {
+  T n;
+  T g_a;
+};
+
+template <typename T>
+FASTVAE_HD inline BackwardTerms<T> backward_terms(T grad_y, T h, T mean, T rstd, T scale,
+                                                  T shift, Activation act, T slope) {
+  BackwardTerms<T> t;
+  t.n = (h - mean) * rstd;
+  t.g_a = grad_y * activate_grad(t.n * scale + shift, act, slope);
+  return t;
+}
+
+// grad_h of one element from g_n = g_a * scale and the group means of g_n and g_n * n.
+template <typename T>
+FASTVAE_HD inline T grad_pre_norm(T g_n, T n, T rstd, T mean_gn, T mean_gn_n) {
+  return rstd * (g_n - mean_gn - n * mean_gn_n);
+}
+
+}  // namespace deconv
+}  // namespace fastvae

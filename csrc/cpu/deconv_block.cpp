@@ -1,0 +1,515 @@
+// CPU kernels of fastvae::_deconv_block_fwd / _deconv_block_bwd (schemas in csrc/ops.cpp,
+// semantics in fastvae/reference.py).
+//
+// Forward: conv_transpose2d through ATen (oneDNN, bias fused by the conv) in x's memory
+// format, then one pass of per-(sample, group) statistics (chunked two-pass moments merged
+// with Chan's formula) and one pass of normalize + affine/AdaIN + activation into y.
+// Backward: one pass recomputing n from pre_norm and the saved statistics that yields
+// grad_scale/grad_shift and the group sums, a second pass writing grad_pre_norm, then
+// convolution_backward for x, weight and bias. The per-element math is
+// csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
+//
+// Layouts: pre_norm is dense NCHW (a (sample, channel) plane is a contiguous run of H*W)
+// or dense NHWC (a (sample, pixel) row is a contiguous run of C); loops are written once
+// per layout with compile-time strides so the inner loops vectorize.
+// setup.py defines CPU_CAPABILITY_AVX2, which makes c10's Half conversions use F16C
+// intrinsics, but passes no -mf16c; every AVX2 CPU has F16C.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__F16C__)
+#pragma GCC target("f16c")
+#endif
+#include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/deconv_epilogue.h"
+
+namespace fastvae {
+namespace {
+
+using deconv::Activation;
+using deconv::Moments;
+
+constexpr int64_t kChunk = 2048;      // NCHW: elements per two-pass chunk (stays in L1)
+constexpr int64_t kPixelBlock = 64;   // NHWC: pixels per task
+
+Activation parse_activation(c10::string_view name) {
+  if (name == "leaky_relu") return Activation::kLeakyRelu;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "silu") return Activation::kSilu;
+  TORCH_CHECK(name == "none", "deconv_block: unknown activation ", name);
+  return Activation::kNone;
+}
+
+// Calls f(std::integral_constant<Activation, A>) with the runtime activation as a constant.
+template <typename F>
+void dispatch_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::kLeakyRelu: return f(std::integral_constant<Activation, Activation::kLeakyRelu>{});
+    case Activation::kRelu: return f(std::integral_constant<Activation, Activation::kRelu>{});
+    case Activation::kSilu: return f(std::integral_constant<Activation, Activation::kSilu>{});
+    default: return f(std::integral_constant<Activation, Activation::kNone>{});
+  }
+}
+
+at::MemoryFormat format_of(const at::Tensor& x) {
+  // The public op's rule (fastvae/ops.py _memory_format): channels_last only when x is.
+  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return at::MemoryFormat::ChannelsLast;
+  }
+  return at::MemoryFormat::Contiguous;
+}
+
+// Scale/shift as the kernels read them: a (N, C) table in the compute type, or, for
+// spatial AdaIN, a full tensor in pre_norm's layout. Absent ones become 1 / 0 tables.
+template <typename acc_t>
+struct Affine {
+  at::Tensor table;  // (N, C) acc_t when per channel
+  at::Tensor full;   // (N, C, H, W) acc_t in the output's layout when spatial
+  bool spatial() const { return full.defined(); }
+  const acc_t* data() const { return (spatial() ? full : table).template data_ptr<acc_t>(); }
+};
+
+template <typename acc_t>
+Affine<acc_t> make_affine(const c10::optional<at::Tensor>& t, const at::Tensor& out,
+                          at::MemoryFormat fmt, double fill) {
+  const int64_t n = out.size(0), c = out.size(1);
+  const auto opts = out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  Affine<acc_t> a;
+  if (!t.has_value() || !t->defined()) {
+    a.table = at::full({n, c}, fill, opts);
+  } else if (t->size(2) == 1 && t->size(3) == 1) {
+    a.table = t->to(opts.dtype()).expand({n, c, 1, 1}).reshape({n, c}).contiguous();
+  } else {
+    a.full = t->to(opts.dtype()).expand(out.sizes()).contiguous(fmt);
+  }
+  return a;
+}
+
+// (N, groups) statistics expanded to (N, C) tables of mean and rstd (0 / 1 without norm).
+template <typename acc_t>
+void expand_groups(const acc_t* per_group, int64_t n, int64_t c, int64_t groups, acc_t none,
+                   std::vector<acc_t>& out) {
+  out.assign(n * c, none);
+  if (groups == 0) return;
+  const int64_t cg = c / groups;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < c; ++j) out[i * c + j] = per_group[i * groups + j / cg];
+}
+
+// ------------------------------------------------------------------------------ stats
+
+// Per-(sample, channel) moments of pre_norm, then merged into (sample, group) mean/rstd.
+template <typename scalar_t, typename acc_t>
+void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
+                 at::Tensor& mean_out, at::Tensor& rstd_out) {
+  const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
+  const scalar_t* p = pre.data_ptr<scalar_t>();
+  // partial moments: NCHW one per (n, c); NHWC one per (n, pixel block, c)
+  const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
+  std::vector<acc_t> pmean(n * blocks * c), pm2(n * blocks * c);
+  if (!nhwc) {
+    at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const scalar_t* src = p + plane * hw;
+        Moments<acc_t> m{0, 0, 0};
+        for (int64_t s = 0; s < hw; s += kChunk) {
+          const int64_t len = std::min(kChunk, hw - s);
+          acc_t sum = 0, m2 = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(src[s + i]);
+          const acc_t mu = sum / len;
+#pragma omp simd reduction(+ : m2)
+          for (int64_t i = 0; i < len; ++i) {
+            const acc_t d = static_cast<acc_t>(src[s + i]) - mu;
+            m2 += d * d;
+          }
+          m = deconv::merge(m, Moments<acc_t>{acc_t(len), mu, m2});
+        }
+        pmean[plane] = m.mean;
+        pm2[plane] = m.m2;
+      }
+    });
+  } else {
+    at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t i = task / blocks, b = task % blocks;
+        const int64_t p0 = b * kPixelBlock, np = std::min(kPixelBlock, hw - p0);
+        const scalar_t* src = p + (i * hw + p0) * c;
+        acc_t* mu = pmean.data() + task * c;
+        acc_t* m2 = pm2.data() + task * c;
+        for (int64_t q = 0; q < np; ++q) {
+#pragma omp simd
+          for (int64_t j = 0; j < c; ++j) mu[j] += static_cast<acc_t>(src[q * c + j]);
+        }
+        for (int64_t j = 0; j < c; ++j) mu[j] /= np;
+        for (int64_t q = 0; q < np; ++q) {
+#pragma omp simd
+          for (int64_t j = 0; j < c; ++j) {
+            const acc_t d = static_cast<acc_t>(src[q * c + j]) - mu[j];
+            m2[j] += d * d;
+          }
+        }
+      }
+    });
+  }
+  const int64_t cg = c / groups;
+  acc_t* mean = mean_out.data_ptr<acc_t>();
+  acc_t* rstd = rstd_out.data_ptr<acc_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t g = 0; g < groups; ++g) {
+      Moments<acc_t> m{0, 0, 0};
+      for (int64_t b = 0; b < blocks; ++b) {
+        const acc_t cnt = nhwc ? acc_t(std::min(kPixelBlock, hw - b * kPixelBlock)) : acc_t(hw);
+        const int64_t base = (i * blocks + b) * c + g * cg;
+        for (int64_t j = 0; j < cg; ++j)
+          m = deconv::merge(m, Moments<acc_t>{cnt, pmean[base + j], pm2[base + j]});
+      }
+      mean[i * groups + g] = m.mean;
+      rstd[i * groups + g] = deconv::rstd_of(m, static_cast<acc_t>(eps));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------- forward
+
+// y over one contiguous run of `len` elements. kStat/kScale/kShift: 1 when that operand
+// varies along the run (NHWC channels, spatial AdaIN), 0 when it is one value.
+template <Activation A, int kStat, int kScale, int kShift, typename scalar_t, typename acc_t>
+inline void forward_run(const scalar_t* h, scalar_t* y, int64_t len, const acc_t* mean,
+                        const acc_t* rstd, const acc_t* scale, const acc_t* shift, acc_t slope) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    y[i] = static_cast<scalar_t>(deconv::forward<acc_t>(
+        static_cast<acc_t>(h[i]), mean[i * kStat], rstd[i * kStat], scale[i * kScale],
+        shift[i * kShift], A, slope));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void normalize_activate(const at::Tensor& pre, at::Tensor& y, bool nhwc, const acc_t* mean,
+                        const acc_t* rstd, const Affine<acc_t>& scale,
+                        const Affine<acc_t>& shift, Activation act, acc_t slope) {
+  const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
+  const scalar_t* h = pre.data_ptr<scalar_t>();
+  scalar_t* out = y.data_ptr<scalar_t>();
+  const acc_t* s = scale.data();
+  const acc_t* t = shift.data();
+  dispatch_activation(act, [&](auto a) {
+    constexpr Activation A = decltype(a)::value;
+    if (nhwc) {  // per-pixel run over channels: everything varies along the run
+      at::parallel_for(0, n * hw, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t i = r / hw, off = r * c;
+          forward_run<A, 1, 1, 1>(h + off, out + off, c, mean + i * c, rstd + i * c,
+                                  scale.spatial() ? s + off : s + i * c,
+                                  shift.spatial() ? t + off : t + i * c, slope);
+        }
+      });
+      return;
+    }
+    at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t off = plane * hw;
+        const acc_t* m = mean + plane;
+        const acc_t* r = rstd + plane;
+        if (!scale.spatial() && !shift.spatial()) {
+          forward_run<A, 0, 0, 0>(h + off, out + off, hw, m, r, s + plane, t + plane, slope);
+        } else if (!shift.spatial()) {
+          forward_run<A, 0, 1, 0>(h + off, out + off, hw, m, r, s + off, t + plane, slope);
+        } else if (!scale.spatial()) {
+          forward_run<A, 0, 0, 1>(h + off, out + off, hw, m, r, s + plane, t + off, slope);
+        } else {
+          forward_run<A, 0, 1, 1>(h + off, out + off, hw, m, r, s + off, t + off, slope);
+        }
+      }
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+    int64_t groups, c10::string_view activation, double negative_slope, double eps) {
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "deconv_block: x and weight must be 4-D");
+  const Activation act = parse_activation(activation);
+  const at::MemoryFormat fmt = format_of(x);
+  at::Tensor pre = at::conv_transpose2d(x.contiguous(fmt), weight, bias, {2, 2}, {1, 1})
+                       .contiguous(fmt);
+  const int64_t n = pre.size(0), c = pre.size(1);
+  TORCH_CHECK(groups >= 0 && (groups == 0 || c % groups == 0),
+              "deconv_block: groups must divide the output channels");
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast && c > 1;
+  const auto stat_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor mean = at::empty({n, groups}, x.options().dtype(stat_type));
+  at::Tensor rstd = at::empty({n, groups}, x.options().dtype(stat_type));
+  at::Tensor y = at::empty_like(pre);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_fwd", [&] {
+    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    if (groups) group_stats<scalar_t, acc_t>(pre, nhwc, groups, eps, mean, rstd);
+    std::vector<acc_t> mean_c, rstd_c;
+    expand_groups<acc_t>(groups ? mean.data_ptr<acc_t>() : nullptr, n, c, groups, 0, mean_c);
+    expand_groups<acc_t>(groups ? rstd.data_ptr<acc_t>() : nullptr, n, c, groups, 1, rstd_c);
+    const auto s = make_affine<acc_t>(scale, pre, fmt, 1.0);
+    const auto t = make_affine<acc_t>(shift, pre, fmt, 0.0);
+    normalize_activate<scalar_t, acc_t>(pre, y, nhwc, mean_c.data(), rstd_c.data(), s, t, act,
+                                        static_cast<acc_t>(negative_slope));
+  });
+  return {y, pre, mean, rstd};
+}
+
+// --------------------------------------------------------------------------- backward
+
+// Per-(sample, channel) sums the backward needs.
+template <typename acc_t>
+struct Sums {
+  acc_t g_a = 0;      // grad_shift (per channel)
+  acc_t g_a_n = 0;    // grad_scale (per channel)
+  acc_t g_n = 0;      // group mean of g_n
+  acc_t g_n_n = 0;    // group mean of g_n * n
+};
+
+// Pass 1 over one run: accumulates the sums (vectors of length len when kAcc, else one);
+// writes spatial grad_scale/grad_shift terms, and grad_h directly when there is no norm.
+template <Activation A, int kStat, int kScale, int kShift, bool kWriteGh, typename scalar_t,
+          typename acc_t>
+inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, const acc_t* mean,
+                         const acc_t* rstd, const acc_t* scale, const acc_t* shift, acc_t slope,
+                         acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, Sums<acc_t>* sums) {
+  constexpr bool kVec = kStat == 1;  // NHWC: one Sums per element of the run (channel)
+  acc_t s_ga = 0, s_gan = 0, s_gn = 0, s_gnn = 0;
+#pragma omp simd reduction(+ : s_ga, s_gan, s_gn, s_gnn)
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t sc = scale[i * kScale];
+    const auto t = deconv::backward_terms<acc_t>(static_cast<acc_t>(gy[i]), static_cast<acc_t>(h[i]),
+                                                 mean[i * kStat], rstd[i * kStat], sc,
+                                                 shift[i * kShift], A, slope);
+    const acc_t g_n = t.g_a * sc;
+    if (gscale_full) gscale_full[i] = t.g_a * t.n;  // spatial AdaIN only
+    if (gshift_full) gshift_full[i] = t.g_a;
+    if (kWriteGh) gh[i] = static_cast<scalar_t>(g_n);
+    if (kVec) {
+      sums[i].g_a += t.g_a;
+      sums[i].g_a_n += t.g_a * t.n;
+      sums[i].g_n += g_n;
+      sums[i].g_n_n += g_n * t.n;
+    } else {
+      s_ga += t.g_a;
+      s_gan += t.g_a * t.n;
+      s_gn += g_n;
+      s_gnn += g_n * t.n;
+    }
+  }
+  if (!kVec) {
+    sums->g_a += s_ga;
+    sums->g_a_n += s_gan;
+    sums->g_n += s_gn;
+    sums->g_n_n += s_gnn;
+  }
+}
+
+// Pass 2 over one run: grad_h from the group means (cm = mean of g_n, cn = of g_n * n).
+template <Activation A, int kStat, int kScale, int kShift, typename scalar_t, typename acc_t>
+inline void grad_h_run(const scalar_t* gy, const scalar_t* h, int64_t len, const acc_t* mean,
+                       const acc_t* rstd, const acc_t* scale, const acc_t* shift, acc_t slope,
+                       const acc_t* cm, const acc_t* cn, scalar_t* gh) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t sc = scale[i * kScale];
+    const auto t = deconv::backward_terms<acc_t>(static_cast<acc_t>(gy[i]), static_cast<acc_t>(h[i]),
+                                                 mean[i * kStat], rstd[i * kStat], sc,
+                                                 shift[i * kShift], A, slope);
+    gh[i] = static_cast<scalar_t>(deconv::grad_pre_norm<acc_t>(
+        t.g_a * sc, t.n, rstd[i * kStat], cm[i * kStat], cn[i * kStat]));
+  }
+}
+
+// Calls f(integral_constant<int, kScale>, integral_constant<int, kShift>) for the NCHW
+// strides of scale/shift (1 = spatial, 0 = one value per plane).
+template <typename F>
+void dispatch_strides(bool spatial_scale, bool spatial_shift, F&& f) {
+  using Z = std::integral_constant<int, 0>;
+  using O = std::integral_constant<int, 1>;
+  if (spatial_scale && spatial_shift) return f(O{}, O{});
+  if (spatial_scale) return f(O{}, Z{});
+  if (spatial_shift) return f(Z{}, O{});
+  return f(Z{}, Z{});
+}
+
+template <typename scalar_t, typename acc_t>
+void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor& gh_t, bool nhwc,
+                       int64_t groups, const acc_t* mean, const acc_t* rstd,
+                       const Affine<acc_t>& scale, const Affine<acc_t>& shift, Activation act,
+                       acc_t slope, std::vector<Sums<acc_t>>& sums, at::Tensor& gscale_full,
+                       at::Tensor& gshift_full) {
+  const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
+  const scalar_t* gy = gy_t.data_ptr<scalar_t>();
+  const scalar_t* h = pre.data_ptr<scalar_t>();
+  scalar_t* gh = gh_t.data_ptr<scalar_t>();
+  const acc_t* s = scale.data();
+  const acc_t* t = shift.data();
+  acc_t* gsf = gscale_full.defined() ? gscale_full.data_ptr<acc_t>() : nullptr;
+  acc_t* gtf = gshift_full.defined() ? gshift_full.data_ptr<acc_t>() : nullptr;
+  const bool ss = scale.spatial(), ts = shift.spatial();
+  const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
+  // NHWC: one Sums vector of length c per (n, pixel block), reduced below
+  std::vector<Sums<acc_t>> part(nhwc ? n * blocks * c : 0);
+  sums.assign(n * c, Sums<acc_t>{});
+  dispatch_activation(act, [&](auto a) {
+    constexpr Activation A = decltype(a)::value;
+    auto pass1 = [&](auto write_gh) {
+      constexpr bool W = decltype(write_gh)::value;
+      if (nhwc) {
+        at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t i = task / blocks, p0 = (task % blocks) * kPixelBlock;
+            const int64_t p1 = std::min(p0 + kPixelBlock, hw);
+            for (int64_t q = p0; q < p1; ++q) {
+              const int64_t off = (i * hw + q) * c;
+              backward_run<A, 1, 1, 1, W>(gy + off, h + off, c, mean + i * c, rstd + i * c,
+                                          ss ? s + off : s + i * c, ts ? t + off : t + i * c,
+                                          slope, gsf ? gsf + off : nullptr,
+                                          gtf ? gtf + off : nullptr, gh + off,
+                                          part.data() + task * c);
+            }
+          }
+        });
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t b = 0; b < blocks; ++b)
+            for (int64_t j = 0; j < c; ++j) {
+              const auto& p = part[(i * blocks + b) * c + j];
+              auto& q = sums[i * c + j];
+              q.g_a += p.g_a; q.g_a_n += p.g_a_n; q.g_n += p.g_n; q.g_n_n += p.g_n_n;
+            }
+        return;
+      }
+      dispatch_strides(ss, ts, [&](auto ks, auto kt) {
+        constexpr int KS = decltype(ks)::value, KT = decltype(kt)::value;
+        at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t plane = begin; plane < end; ++plane) {
+            const int64_t off = plane * hw;
+            backward_run<A, 0, KS, KT, W>(gy + off, h + off, hw, mean + plane, rstd + plane,
+                                          KS ? s + off : s + plane, KT ? t + off : t + plane,
+                                          slope, gsf ? gsf + off : nullptr,
+                                          gtf ? gtf + off : nullptr, gh + off, &sums[plane]);
+          }
+        });
+      });
+    };
+    if (groups == 0) {
+      pass1(std::true_type{});
+      return;
+    }
+    pass1(std::false_type{});
+    // group means of g_n and g_n * n, expanded per channel
+    const int64_t cg = c / groups;
+    const acc_t count = static_cast<acc_t>(cg * hw);
+    std::vector<acc_t> cm(n * c), cn(n * c);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t g = 0; g < groups; ++g) {
+        acc_t a1 = 0, a2 = 0;
+        for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
+          a1 += sums[i * c + j].g_n;
+          a2 += sums[i * c + j].g_n_n;
+        }
+        for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
+          cm[i * c + j] = a1 / count;
+          cn[i * c + j] = a2 / count;
+        }
+      }
+    if (nhwc) {
+      at::parallel_for(0, n * hw, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t i = r / hw, off = r * c;
+          grad_h_run<A, 1, 1, 1>(gy + off, h + off, c, mean + i * c, rstd + i * c,
+                                 ss ? s + off : s + i * c, ts ? t + off : t + i * c, slope,
+                                 cm.data() + i * c, cn.data() + i * c, gh + off);
+        }
+      });
+      return;
+    }
+    dispatch_strides(ss, ts, [&](auto ks, auto kt) {
+      constexpr int KS = decltype(ks)::value, KT = decltype(kt)::value;
+      at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t off = plane * hw;
+          grad_h_run<A, 0, KS, KT>(gy + off, h + off, hw, mean + plane, rstd + plane,
+                                   KS ? s + off : s + plane, KT ? t + off : t + plane, slope,
+                                   cm.data() + plane, cn.data() + plane, gh + off);
+        }
+      });
+    });
+  });
+}
+
+// grad of a per-channel (1|N, C, 1, 1) operand from the (N, C) sums, or of a spatial one
+// from its per-element terms; shaped and typed like the operand.
+template <typename acc_t>
+at::Tensor affine_grad(const c10::optional<at::Tensor>& t, const std::vector<Sums<acc_t>>& sums,
+                       bool of_scale, const at::Tensor& full, int64_t n, int64_t c,
+                       const at::TensorOptions& acc_opts) {
+  if (!t.has_value() || !t->defined()) return at::empty({0}, acc_opts);
+  at::Tensor g;
+  if (full.defined()) {
+    g = full;
+  } else {
+    g = at::empty({n, c, 1, 1}, acc_opts);
+    acc_t* d = g.data_ptr<acc_t>();
+    for (int64_t k = 0; k < n * c; ++k) d[k] = of_scale ? sums[k].g_a_n : sums[k].g_a;
+  }
+  return at::sum_to(g, t->sizes()).to(t->scalar_type()).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_bwd(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& pre_norm, const at::Tensor& mean, const at::Tensor& rstd,
+    const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+    bool has_bias, int64_t groups, c10::string_view activation, double negative_slope,
+    double eps) {
+  const Activation act = parse_activation(activation);
+  const at::MemoryFormat fmt = format_of(x);
+  const at::Tensor pre = pre_norm.contiguous(fmt);
+  const at::Tensor gy = grad_y.to(pre.scalar_type()).contiguous(fmt);
+  const int64_t n = pre.size(0), c = pre.size(1);
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast && c > 1;
+  at::Tensor gh = at::empty_like(pre);
+  at::Tensor grad_scale, grad_shift;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_bwd", [&] {
+    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    const auto acc_opts = pre.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    std::vector<acc_t> mean_c, rstd_c;
+    const at::Tensor mean_a = groups ? mean.to(acc_opts.dtype()).contiguous() : mean;
+    const at::Tensor rstd_a = groups ? rstd.to(acc_opts.dtype()).contiguous() : rstd;
+    expand_groups<acc_t>(groups ? mean_a.data_ptr<acc_t>() : nullptr, n, c, groups, 0, mean_c);
+    expand_groups<acc_t>(groups ? rstd_a.data_ptr<acc_t>() : nullptr, n, c, groups, 1, rstd_c);
+    const auto s = make_affine<acc_t>(scale, pre, fmt, 1.0);
+    const auto t = make_affine<acc_t>(shift, pre, fmt, 0.0);
+    at::Tensor gsf, gtf;
+    if (s.spatial()) gsf = at::empty_like(s.full);
+    if (t.spatial()) gtf = at::empty_like(t.full);
+    std::vector<Sums<acc_t>> sums;
+    epilogue_backward<scalar_t, acc_t>(gy, pre, gh, nhwc, groups, mean_c.data(), rstd_c.data(),
+                                       s, t, act, static_cast<acc_t>(negative_slope), sums, gsf, gtf);
+    grad_scale = affine_grad<acc_t>(scale, sums, true, gsf, n, c, acc_opts);
+    grad_shift = affine_grad<acc_t>(shift, sums, false, gtf, n, c, acc_opts);
+  });
+  auto grads = at::convolution_backward(gh, x.contiguous(fmt), weight,
+                                        has_bias ? at::OptionalIntArrayRef({weight.size(1)})
+                                                 : at::OptionalIntArrayRef(),
+                                        {2, 2}, {1, 1}, {1, 1}, true, {0, 0}, 1,
+                                        {true, true, has_bias});
+  at::Tensor grad_bias = has_bias ? std::get<2>(grads) : at::empty({0}, x.options());
+  return {std::get<0>(grads), std::get<1>(grads), grad_bias, grad_scale, grad_shift};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
+  m.impl("_deconv_block_fwd", &deconv_block_fwd);
+  m.impl("_deconv_block_bwd", &deconv_block_bwd);
+}
+
+}  // namespace fastvae
