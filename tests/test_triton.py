@@ -20,8 +20,9 @@ DTYPES = (torch.float32, torch.float16)
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel never writes shows."""
-    def new_output(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    def new_output(shape, dtype, device, memory_format=torch.contiguous_format):
+        return torch.empty(shape, dtype=dtype, device=device,
+                           memory_format=memory_format).fill_(float("nan"))
     for module in _kernel_modules():
         monkeypatch.setattr(module, "_new_output", new_output)
 
@@ -139,5 +140,170 @@ def test_reparam_kl_compile_fullgraph():
     torch.testing.assert_close(out, expected)
     g = torch.autograd.grad(out, (mu, lv))
     g_ref = torch.autograd.grad(f(mu, lv), (mu, lv))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- deconv_block
+
+from fastvae.kernels import deconv_block as db  # noqa: E402
+
+ACTS = ("leaky_relu", "silu", "relu", "none")
+NORMS = {"group": dict(norm="group"), "instance": dict(norm="instance"), "none": dict(norm="none")}
+AFFINES = ("none", "norm_weight", "adain", "spatial_adain")
+
+
+def _deconv_inputs(x_shape, cout, affine, bias=True):
+    """float32 inputs and keyword tensors of one contract option."""
+    n, cin, h, w = x_shape
+    x = torch.randn(x_shape)
+    weight = torch.randn(cin, cout, 4, 4) / (4 * cin) ** 0.5
+    tensors = dict(x=x, weight=weight, bias=torch.randn(cout) if bias else None)
+    if affine == "norm_weight":
+        tensors.update(norm_weight=1 + 0.5 * torch.randn(cout), norm_bias=torch.randn(cout))
+    elif affine == "adain":
+        tensors.update(style_scale=1 + 0.5 * torch.randn(n, cout), style_shift=torch.randn(n, cout))
+    elif affine == "spatial_adain":
+        tensors.update(style_scale=1 + 0.5 * torch.randn(n, cout, 2 * h, 2 * w),
+                       style_shift=torch.randn(n, cout, 2 * h, 2 * w))
+    return tensors
+
+
+def _deconv_run(backend, tensors, dtype, grad_y, layout=None, **kwargs):
+    """y and the gradients of every tensor input, through the public op."""
+    leaves = {k: None if t is None else t.to(dtype) for k, t in tensors.items()}
+    if layout is not None:
+        leaves = {k: None if t is None else layout(k, t) for k, t in leaves.items()}
+    for t in leaves.values():
+        if t is not None:
+            t.requires_grad_(True)
+    x = leaves.pop("x")
+    weight = leaves.pop("weight")
+    y = fastvae.deconv_block(x, weight, backend=backend, **leaves, **kwargs)
+    inputs = [x, weight] + [t for t in leaves.values() if t is not None]
+    grads = torch.autograd.grad(y, inputs, grad_y.to(dtype))
+    names = ["x", "weight"] + [k for k, t in leaves.items() if t is not None]
+    return y, dict(zip(names, grads))
+
+
+def _check_deconv(x_shape, cout, affine, dtype, layout=None, bias=True, **kwargs):
+    tensors = _deconv_inputs(x_shape, cout, affine, bias)
+    n, _, h, w = x_shape
+    grad_y = torch.randn(n, cout, 2 * h, 2 * w)
+    y, grads = _deconv_run("triton", tensors, dtype, grad_y, layout, **kwargs)
+    y_low, grads_low = _deconv_run("reference", tensors, dtype, grad_y, layout, **kwargs)
+    y_ref, grads_ref = _deconv_run("reference", tensors, torch.float32, grad_y, **kwargs)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    if layout is not None and tensors["x"].dim() == 4:
+        assert y.is_contiguous(memory_format=db._memory_format(layout("x", tensors["x"].to(dtype))))
+    assert_close_to_reference(y, y_low, y_ref, dtype, "y")
+    assert grads.keys() == grads_ref.keys()
+    for name in grads:
+        assert grads[name].shape == grads_ref[name].shape, name
+        assert_close_to_reference(grads[name], grads_low[name], grads_ref[name], dtype,
+                                  f"grad_{name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", AFFINES)
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_deconv_block_every_option(norm, affine, dtype, poisoned_outputs):
+    act = ACTS[(list(NORMS).index(norm) + AFFINES.index(affine)) % 4]
+    _check_deconv((2, 8, 5, 3), 8, affine, dtype, **NORMS[norm], num_groups=4,
+                  activation=act, negative_slope=0.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTS)
+def test_deconv_block_every_activation(activation, dtype, poisoned_outputs):
+    _check_deconv((2, 8, 3, 5), 8, "adain", dtype, norm="group", num_groups=2,
+                  activation=activation)
+
+
+@pytest.mark.parametrize("x_shape, cout, groups", [
+    ((1, 20, 5, 7), 20, 5),  # two channel tiles, two K steps, three pixel tiles per phase
+    ((1, 3, 1, 1), 6, 3),  # a 1x1 input: every tap but one at the border
+    ((3, 1, 2, 9), 2, 1),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deconv_block_odd_shapes(x_shape, cout, groups, dtype, poisoned_outputs):
+    _check_deconv(x_shape, cout, "norm_weight", dtype, norm="group", num_groups=groups)
+
+
+def _strided(name, t):
+    return noncontiguous(t)
+
+
+def _channels_last(name, t):
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and name == "x" else t
+
+
+@pytest.mark.parametrize("layout", [_strided, _channels_last], ids=["strided", "channels_last"])
+@pytest.mark.parametrize("affine", ["adain", "spatial_adain"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deconv_block_layouts(layout, affine, dtype, poisoned_outputs):
+    _check_deconv((2, 6, 3, 4), 6, affine, dtype, layout, bias=affine == "adain",
+                  norm="instance")
+
+
+def test_deconv_block_backend_interface_stats():
+    """mean/rstd from the conv epilogue's partials equal the reference's statistics."""
+    t = _deconv_inputs((2, 20, 5, 7), 20, "none")
+    for groups in (1, 5, 20):
+        got = db.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None, groups, "none", 0.2, 1e-5)
+        ref = reference.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None, groups,
+                                         "none", 0.2, 1e-5)
+        for name, a, b in zip(("y", "pre_norm", "mean", "rstd"), got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        assert got[2].shape == (2, groups) and got[2].dtype == torch.float32
+
+
+def test_deconv_block_float64_gradcheck():
+    torch.manual_seed(0)
+    args = [torch.randn(1, 2, 2, 3, dtype=torch.float64, requires_grad=True),
+            torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True),
+            torch.randn(4, dtype=torch.float64, requires_grad=True),
+            torch.randn(1, 4, 4, 6, dtype=torch.float64, requires_grad=True),
+            torch.randn(1, 4, dtype=torch.float64, requires_grad=True)]
+
+    def f(x, w, b, s, sh):
+        return fastvae.deconv_block(x, w, b, num_groups=2, style_scale=s, style_shift=sh,
+                                    activation="silu", backend="triton")
+    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+
+
+@pytest.mark.parametrize("affine", ["norm_weight", "spatial_adain"])
+def test_deconv_block_opcheck(affine):
+    t = _deconv_inputs((2, 4, 3, 2), 4, affine)
+    if affine == "norm_weight":
+        scale, shift = t["norm_weight"].view(1, -1, 1, 1), t["norm_bias"].view(1, -1, 1, 1)
+    else:
+        scale, shift = t["style_scale"], t["style_shift"]
+    args = [t["x"], t["weight"], t["bias"], scale, shift]
+    for a in args:
+        a.requires_grad_(True)
+    torch.library.opcheck(torch.ops.fastvae.deconv_block.default,
+                          (*args, 2, "leaky_relu", 0.2, 1e-5, "triton"))
+    torch.library.opcheck(torch.ops.fastvae.deconv_block.default,
+                          (*[a.detach() for a in args], 0, "silu", 0.2, 1e-5, "triton"))
+
+
+def test_deconv_block_compile_fullgraph():
+    t = _deconv_inputs((2, 4, 3, 3), 8, "adain")
+    x, w = t["x"].requires_grad_(), t["weight"].requires_grad_()
+
+    def f(x, w, s, sh):
+        y = fastvae.deconv_block(x, w, style_scale=s, style_shift=sh, num_groups=4,
+                                 backend="triton")
+        z, kl = fastvae.reparam_kl(y, y * 0.1, seed=3, backend="triton")
+        return z, kl
+
+    compiled = torch.compile(f, fullgraph=True)
+    z, kl = compiled(x, w, t["style_scale"], t["style_shift"])
+    z_ref, kl_ref = f(x, w, t["style_scale"], t["style_shift"])
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(kl, kl_ref)
+    g = torch.autograd.grad((z * z_ref.detach()).sum() + kl, (x, w))
+    g_ref = torch.autograd.grad((z_ref * z_ref.detach()).sum() + kl_ref, (x, w))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b)
