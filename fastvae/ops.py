@@ -10,7 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _validate, backends
+from . import _validate
+from .backends import implementation, resolve
 from .reference import compute_dtype
 
 SEED_HIGH = 2**62  # seeds drawn by torch are in [0, SEED_HIGH)
@@ -42,7 +43,7 @@ def _absent(like: Tensor) -> Tensor:
 @torch.library.custom_op("fastvae::reparam_kl", mutates_args=())
 def _reparam_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor,
                 backend: str) -> tuple[Tensor, Tensor]:
-    z, kl = backends.implementation(backend).reparam_kl_fwd(mu, logvar, eps, seed)
+    z, kl = implementation(backend).reparam_kl_fwd(mu, logvar, eps, seed)
     return z.contiguous(), kl.contiguous()
 
 
@@ -58,7 +59,7 @@ def _(mu, logvar, eps, seed, backend):
 def _reparam_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor,
                          eps: Optional[Tensor], seed: Tensor,
                          backend: str) -> tuple[Tensor, Tensor]:
-    grad_mu, grad_logvar = backends.implementation(backend).reparam_kl_bwd(
+    grad_mu, grad_logvar = implementation(backend).reparam_kl_bwd(
         grad_z, grad_kl, mu, logvar, eps, seed)
     return grad_mu.contiguous(), grad_logvar.contiguous()
 
@@ -93,7 +94,7 @@ def _deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor], scale: Opti
                   shift: Optional[Tensor], groups: int, activation: str,
                   negative_slope: float, eps: float,
                   backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y, pre_norm, mean, rstd = backends.implementation(backend).deconv_block_fwd(
+    y, pre_norm, mean, rstd = implementation(backend).deconv_block_fwd(
         x, weight, bias, scale, shift, groups, activation, negative_slope, eps)
     return _dense(y, x), _dense(pre_norm, x), mean.contiguous(), rstd.contiguous()
 
@@ -114,7 +115,7 @@ def _deconv_block_backward(grad_y: Tensor, x: Tensor, weight: Tensor, pre_norm: 
                            shift: Optional[Tensor], has_bias: bool, groups: int,
                            activation: str, negative_slope: float, eps: float,
                            backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = backends.implementation(backend).deconv_block_bwd(
+    grads = implementation(backend).deconv_block_bwd(
         grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
         groups, activation, negative_slope, eps)
     grad_x, grad_weight, grad_bias, grad_scale, grad_shift = grads
@@ -168,7 +169,7 @@ def reparam_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
     shape (B,) for reduction="none", else a scalar.
     """
     _validate.reparam_kl(mu, logvar, eps, seed, reduction)
-    concrete = backends.resolve(backend, "reparam_kl", mu.device)
+    concrete = resolve(backend, "reparam_kl", mu.device)
     if seed is None:
         seed_t = torch.randint(SEED_HIGH, (), dtype=torch.int64, device=mu.device)
     else:
@@ -206,7 +207,7 @@ def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     """
     _validate.deconv_block(x, weight, bias, norm, num_groups, norm_weight, norm_bias,
                            style_scale, style_shift, activation, eps)
-    concrete = backends.resolve(backend, "deconv_block", x.device)
+    concrete = resolve(backend, "deconv_block", x.device)
     groups = {"group": num_groups, "instance": weight.shape[1], "none": 0}[norm]
     if style_scale is not None or style_shift is not None:
         scale, shift = _as_broadcast(style_scale, False), _as_broadcast(style_shift, False)

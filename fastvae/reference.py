@@ -107,7 +107,8 @@ def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative
         mean, rstd = group_stats(h, groups, eps)
         h = normalize(h, mean, rstd, groups)
     else:
-        mean = rstd = h.new_empty(h.shape[0], 0)
+        h = h.clone()  # y must not alias pre_norm, even with nothing to apply
+        mean, rstd = h.new_empty(h.shape[0], 0), h.new_empty(h.shape[0], 0)
     if scale is not None:
         h = h * scale.to(acc)
     if shift is not None:

@@ -21,7 +21,7 @@ TOLERANCES = {
     torch.float16: dict(rtol=1e-2, atol=1e-2),
     torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
 }
-LOW_PRECISION_FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+LOW_PRECISION_FLOOR = {torch.float16: 2**-11, torch.bfloat16: 2**-8}  # one ulp at 1.0
 BACKENDS = ("reference", "native", "triton")
 
 
@@ -46,7 +46,7 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     poison(wide) if t.is_floating_point() else None
     view = wide[..., ::2]
     view.copy_(t)
-    assert not view.is_contiguous()
+    assert t.numel() <= 1 or not view.is_contiguous()  # one element is always contiguous
     return view
 
 

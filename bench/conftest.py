@@ -1,0 +1,1 @@
+from roofline import copy_bandwidth  # noqa: F401  (session fixture)

@@ -1,0 +1,42 @@
+"""Benchmark helpers: the machine's copy bandwidth and roofline annotations.
+
+Run: pytest bench/ --benchmark-only  (the test run skips benchmarks with --benchmark-skip).
+"""
+import time
+
+import pytest
+import torch
+
+
+def _median_seconds(fn, repeat=15):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth():
+    """Bytes read + written per second by `dst.copy_(src)` on 64 MiB: the memory roofline."""
+    src = torch.randn(16 * 2**20)
+    dst = torch.empty_like(src)
+    return 2 * src.nbytes / _median_seconds(lambda: dst.copy_(src))
+
+
+def annotate(benchmark, *, bytes_moved=None, flops=None, copy_bandwidth=None):
+    """Write GB/s (and the fraction of copy bandwidth) or GFLOP/s beside the time."""
+    mean = benchmark.stats.stats.mean
+    if bytes_moved is not None:
+        benchmark.extra_info["GB/s"] = round(bytes_moved / mean / 1e9, 2)
+        if copy_bandwidth:
+            benchmark.extra_info["roofline"] = round(bytes_moved / mean / copy_bandwidth, 3)
+    if flops is not None:
+        benchmark.extra_info["GFLOP/s"] = round(flops / mean / 1e9, 1)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()

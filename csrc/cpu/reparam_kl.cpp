@@ -1,0 +1,336 @@
+// reparam_kl on the CPU: one pass forward, one pass backward, noise drawn in the kernel.
+//
+// Forward reads mu and logvar (and eps when given), writes z and the per-sample KL; with
+// eps = None the noise is Philox (common/philox.h) and nothing is read for it. Backward
+// reads grad_z, mu and logvar and regenerates the same noise from (seed, i).
+//
+// Work is split into chunks of at most kChunk elements that never straddle a row of the
+// (B, D) view; each chunk's KL partial sum has a fixed order, and a row's partials are
+// added in chunk order, so kl does not depend on the thread count or the schedule.
+// Inside a chunk, blocks of kLanes elements are staged through small arrays: integer
+// Philox on 8 AVX2 lanes, Box-Muller in a loop gcc vectorizes, the rest in Vectorized.
+// setup.py passes -mavx2 -mfma -DCPU_CAPABILITY_AVX2 but not -mf16c, which ATen's AVX2
+// Vectorized<Half> needs (torch's own AVX2 build has it; every AVX2 CPU has F16C).
+#pragma GCC target("f16c")
+
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/philox.h"
+#include "common/reparam_kl.h"
+#include "cpu/huge_page_empty.h"
+
+namespace fastvae {
+namespace cpu {
+namespace {
+
+using at::vec::Vectorized;
+static_assert(Vectorized<float>::size() == 8, "expected ATen's AVX2 Vectorized<float>");
+
+constexpr int kWords = 4;             // AVX2 registers per Philox word: 4 chains hide latency
+constexpr int64_t kLanes = 8 * kWords;  // elements per block
+constexpr int64_t kChunk = 8192;      // elements per KL partial sum (and per task at most)
+constexpr int64_t kGrainElems = 16384;  // below this many elements, one thread
+
+// kLanes uint32 Philox counter words in kWords AVX2 registers, for philox_rounds. A round
+// is a chain of multiply, shift, blend and xor (about 8 cycles of latency); kWords
+// independent chains keep the vector units busy.
+struct Word {
+  __m256i v[kWords];
+};
+
+inline Word operator^(const Word& a, const Word& b) {
+  Word r;
+  for (int g = 0; g < kWords; ++g) r.v[g] = _mm256_xor_si256(a.v[g], b.v[g]);
+  return r;
+}
+
+inline Word operator^(const Word& a, uint32_t k) {
+  const __m256i kv = _mm256_set1_epi32(static_cast<int>(k));
+  Word r;
+  for (int g = 0; g < kWords; ++g) r.v[g] = _mm256_xor_si256(a.v[g], kv);
+  return r;
+}
+
+// (hi, lo) of a * b per lane: _mm256_mul_epu32 multiplies the even lanes to 64 bits, so
+// the odd lanes are shifted down for a second multiply and the halves blended back.
+inline void mul_hilo(uint32_t a, const Word& b, Word& hi, Word& lo) {
+  const __m256i av = _mm256_set1_epi32(static_cast<int>(a));
+  for (int g = 0; g < kWords; ++g) {
+    const __m256i even = _mm256_mul_epu32(av, b.v[g]);
+    const __m256i odd = _mm256_mul_epu32(av, _mm256_srli_epi64(b.v[g], 32));
+    hi.v[g] = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    lo.v[g] = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  }
+}
+
+// The counter words (offset + l) for lanes l < kLanes: low and high halves.
+inline void counters(uint64_t offset, Word& lo, Word& hi) {
+  const uint32_t lo0 = static_cast<uint32_t>(offset);
+  if (lo0 <= UINT32_MAX - kLanes) {  // no carry into the high word inside the block
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i base = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo0)), iota);
+    for (int g = 0; g < kWords; ++g) {
+      lo.v[g] = _mm256_add_epi32(base, _mm256_set1_epi32(8 * g));
+      hi.v[g] = _mm256_set1_epi32(static_cast<int>(offset >> 32));
+    }
+    return;
+  }
+  alignas(32) uint32_t l32[kLanes], h32[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    l32[l] = static_cast<uint32_t>(offset + l);
+    h32[l] = static_cast<uint32_t>((offset + l) >> 32);
+  }
+  for (int g = 0; g < kWords; ++g) {
+    lo.v[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(l32) + g);
+    hi.v[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(h32) + g);
+  }
+}
+
+// out[l] = tl.randn(seed, offset + l) for l < kLanes.
+inline void randn_block(uint64_t seed, uint64_t offset, float* out) {
+  Word c0, c1, c2, c3;
+  counters(offset, c0, c1);
+  for (int g = 0; g < kWords; ++g) c2.v[g] = c3.v[g] = _mm256_setzero_si256();
+  philox_rounds(c0, c1, c2, c3, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  alignas(32) uint32_t i1[kLanes], i2[kLanes];
+  for (int g = 0; g < kWords; ++g) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(i1) + g, c0.v[g]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(i2) + g, c1.v[g]);
+  }
+  alignas(32) float r2[kLanes], c[kLanes];
+  for (int l = 0; l < kLanes; ++l) {  // auto-vectorized: the header math is branch-free
+    r2[l] = box_muller_radius_sq(i1[l]);
+    c[l] = box_muller_cos(i2[l]);
+  }
+  for (int64_t l = 0; l < kLanes; l += Vectorized<float>::size()) {
+    (Vectorized<float>::loadu(r2 + l).sqrt() * Vectorized<float>::loadu(c + l)).store(out + l);
+  }
+}
+
+// The kLanes acc_t values at src[0, n): src itself when it already is a full block of
+// acc_t, else converted into buf, with 0 past n (a zero KL term).
+template <typename scalar_t, typename acc_t>
+inline const acc_t* load_lanes(const scalar_t* src, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (n == kLanes) return src;
+  }
+  for (int64_t l = 0; l < kLanes; ++l) buf[l] = l < n ? static_cast<acc_t>(src[l]) : acc_t(0);
+  return buf;
+}
+
+// Where to compute the kLanes outputs for dst[0, n): dst itself when it can take a full
+// block of acc_t, else buf (then store_lanes converts and copies).
+template <typename scalar_t, typename acc_t>
+inline acc_t* out_lanes(scalar_t* dst, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (n == kLanes) return dst;
+  }
+  return buf;
+}
+
+template <typename scalar_t, typename acc_t>
+inline void store_lanes(const acc_t* src, int64_t n, scalar_t* dst) {
+  if (static_cast<const void*>(src) == static_cast<const void*>(dst)) return;
+  for (int64_t l = 0; l < n; ++l) dst[l] = static_cast<scalar_t>(src[l]);
+}
+
+// The noise of elements [i, i + kLanes): given, or drawn from the seed.
+template <typename scalar_t, typename acc_t>
+inline const acc_t* noise_lanes(const scalar_t* eps, uint64_t seed, int64_t i, int64_t n,
+                                acc_t* buf) {
+  if (eps != nullptr) return load_lanes(eps + i, n, buf);
+  if (n < kLanes) {
+    // A row's tail, one element at a time through the scalar randn the CUDA kernels
+    // run: the tests' odd sizes check that code path too.
+    for (int64_t l = 0; l < kLanes; ++l) {
+      buf[l] = l < n ? static_cast<acc_t>(randn(seed, static_cast<uint64_t>(i + l))) : acc_t(0);
+    }
+    return buf;
+  }
+  if constexpr (std::is_same_v<acc_t, float>) {
+    randn_block(seed, static_cast<uint64_t>(i), buf);
+  } else {
+    alignas(32) float drawn[kLanes];
+    randn_block(seed, static_cast<uint64_t>(i), drawn);
+    for (int l = 0; l < kLanes; ++l) buf[l] = static_cast<acc_t>(drawn[l]);
+  }
+  return buf;
+}
+
+template <typename acc_t>
+inline acc_t sum_lanes(const Vectorized<acc_t>& v) {
+  alignas(32) acc_t lanes[Vectorized<acc_t>::size()];
+  v.store(lanes);
+  acc_t s = 0;
+  for (int l = 0; l < Vectorized<acc_t>::size(); ++l) s += lanes[l];  // fixed order
+  return s;
+}
+
+// Elements [begin, end) of one row: writes z, returns the chunk's KL partial sum.
+template <typename scalar_t>
+at::opmath_type<scalar_t> fwd_chunk(const scalar_t* mu, const scalar_t* logvar,
+                                    const scalar_t* eps, uint64_t seed, scalar_t* z,
+                                    int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  Vec kl(acc_t(0));
+  for (int64_t i = begin; i < end; i += kLanes) {
+    const int64_t n = std::min(kLanes, end - i);
+    alignas(32) acc_t m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes], z_buf[kLanes];
+    const acc_t* m = load_lanes(mu + i, n, m_buf);
+    const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
+    const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
+    acc_t* out = out_lanes(z + i, n, z_buf);
+    for (int64_t l = 0; l < kLanes; l += Vec::size()) {
+      const Vec mv = Vec::loadu(m + l), lvv = Vec::loadu(lv + l);
+      const Vec std = (lvv * Vec(acc_t(0.5))).exp();
+      reparam_z(mv, std, Vec::loadu(e + l)).store(out + l);
+      kl += kl_term(mv, lvv, std * std);
+    }
+    store_lanes(out, n, z + i);
+  }
+  return sum_lanes(kl);
+}
+
+template <typename scalar_t>
+void bwd_chunk(const scalar_t* grad_z, at::opmath_type<scalar_t> grad_kl, const scalar_t* mu,
+               const scalar_t* logvar, const scalar_t* eps, uint64_t seed, scalar_t* grad_mu,
+               scalar_t* grad_logvar, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  const Vec gkl(grad_kl);
+  for (int64_t i = begin; i < end; i += kLanes) {
+    const int64_t n = std::min(kLanes, end - i);
+    alignas(32) acc_t gz_buf[kLanes], m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes];
+    alignas(32) acc_t gm_buf[kLanes], glv_buf[kLanes];
+    const acc_t* gz = load_lanes(grad_z + i, n, gz_buf);
+    const acc_t* m = load_lanes(mu + i, n, m_buf);
+    const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
+    const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
+    acc_t* gm = out_lanes(grad_mu + i, n, gm_buf);
+    acc_t* glv = out_lanes(grad_logvar + i, n, glv_buf);
+    for (int64_t l = 0; l < kLanes; l += Vec::size()) {
+      const Vec gzv = Vec::loadu(gz + l), lvv = Vec::loadu(lv + l);
+      const Vec std = (lvv * Vec(acc_t(0.5))).exp();
+      reparam_kl_grad_mu(gzv, gkl, Vec::loadu(m + l)).store(gm + l);
+      reparam_kl_grad_logvar(gzv, gkl, std, std * std, Vec::loadu(e + l)).store(glv + l);
+    }
+    store_lanes(gm, n, grad_mu + i);
+    store_lanes(glv, n, grad_logvar + i);
+  }
+}
+
+// The (B, D) view split into row-aligned chunks: task t covers chunk t % per_row of row
+// t / per_row.
+struct Chunks {
+  int64_t rows, cols, per_row;
+  explicit Chunks(const at::Tensor& mu)
+      : rows(mu.size(0)), cols(rows ? mu.numel() / rows : 0),
+        per_row(std::max<int64_t>(1, (cols + kChunk - 1) / kChunk)) {}
+  int64_t tasks() const { return rows * per_row; }
+  int64_t begin(int64_t t) const { return (t / per_row) * cols + (t % per_row) * kChunk; }
+  int64_t end(int64_t t) const {
+    return (t / per_row) * cols + std::min(cols, (t % per_row + 1) * kChunk);
+  }
+  int64_t grain() const { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, std::min(cols, kChunk))); }
+};
+
+uint64_t seed_value(const at::Tensor& seed) {
+  return static_cast<uint64_t>(seed.item<int64_t>());  // Triton reads the seed as uint64
+}
+
+std::tuple<at::Tensor, at::Tensor> reparam_kl_fwd(const at::Tensor& mu, const at::Tensor& logvar,
+                                                  const c10::optional<at::Tensor>& eps,
+                                                  const at::Tensor& seed) {
+  check_reparam_kl_args(mu, logvar, eps, seed);
+  const at::Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
+  const at::Tensor eps_c = eps.has_value() ? eps->contiguous() : at::Tensor();
+  const uint64_t s = seed_value(seed);
+  const auto acc_type = mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor z = empty_huge(mu.sizes(), mu.scalar_type());
+  at::Tensor kl = at::empty({mu.size(0)}, mu.options().dtype(acc_type));
+  const Chunks chunks(mu);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_fwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> partial(chunks.tasks());
+    const scalar_t* m = mu_c.const_data_ptr<scalar_t>();
+    const scalar_t* lv = logvar_c.const_data_ptr<scalar_t>();
+    const scalar_t* e = eps_c.defined() ? eps_c.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* zp = z.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, chunks.tasks(), chunks.grain(), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        partial[t] = fwd_chunk(m, lv, e, s, zp, chunks.begin(t), chunks.end(t));
+      }
+    });
+    acc_t* out = kl.mutable_data_ptr<acc_t>();
+    for (int64_t b = 0; b < chunks.rows; ++b) {  // a row's partials in chunk order
+      double sum = 0;
+      for (int64_t c = 0; c < chunks.per_row; ++c) sum += partial[b * chunks.per_row + c];
+      out[b] = static_cast<acc_t>(sum);
+    }
+  });
+  return {z, kl};
+}
+
+std::tuple<at::Tensor, at::Tensor> reparam_kl_bwd(const at::Tensor& grad_z, const at::Tensor& grad_kl,
+                                                  const at::Tensor& mu, const at::Tensor& logvar,
+                                                  const c10::optional<at::Tensor>& eps,
+                                                  const at::Tensor& seed) {
+  check_reparam_kl_args(mu, logvar, eps, seed);
+  check_like(grad_z, "grad_z", mu);
+  check_float_tensor(grad_kl, "grad_kl");
+  TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == mu.size(0),
+              "grad_kl must have shape (B,) = (", mu.size(0), ",), got ", grad_kl.sizes());
+  TORCH_CHECK(grad_kl.device() == mu.device(), "grad_kl must be on mu's device (", mu.device(),
+              "), got ", grad_kl.device());
+  const at::Tensor mu_c = mu.contiguous(), logvar_c = logvar.contiguous();
+  const at::Tensor grad_z_c = grad_z.contiguous();
+  const at::Tensor eps_c = eps.has_value() ? eps->contiguous() : at::Tensor();
+  const uint64_t s = seed_value(seed);
+  const auto acc_type = mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor grad_kl_c = grad_kl.to(acc_type).contiguous();
+  at::Tensor grad_mu = empty_huge(mu.sizes(), mu.scalar_type());
+  at::Tensor grad_logvar = empty_huge(mu.sizes(), mu.scalar_type());
+  const Chunks chunks(mu);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, mu.scalar_type(), "reparam_kl_bwd_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gz = grad_z_c.const_data_ptr<scalar_t>();
+    const acc_t* gkl = grad_kl_c.const_data_ptr<acc_t>();
+    const scalar_t* m = mu_c.const_data_ptr<scalar_t>();
+    const scalar_t* lv = logvar_c.const_data_ptr<scalar_t>();
+    const scalar_t* e = eps_c.defined() ? eps_c.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gm = grad_mu.mutable_data_ptr<scalar_t>();
+    scalar_t* glv = grad_logvar.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, chunks.tasks(), chunks.grain(), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        bwd_chunk(gz, gkl[t / chunks.per_row], m, lv, e, s, gm, glv, chunks.begin(t), chunks.end(t));
+      }
+    });
+  });
+  return {grad_mu, grad_logvar};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastvae
+
+TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
+  m.impl("_reparam_kl_fwd", &fastvae::cpu::reparam_kl_fwd);
+  m.impl("_reparam_kl_bwd", &fastvae::cpu::reparam_kl_bwd);
+}
