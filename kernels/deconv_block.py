@@ -26,19 +26,26 @@ import triton.language as tl
 from fastvae.reference import conv_transpose_backward
 
 # Conv tiles (BLOCK_M pixels x BLOCK_N output channels x BLOCK_K input channels per step).
-# tl.dot needs every dim >= 16. Two candidates per architecture: a big tile for
-# large layers and a small one for small Cout / small images; sm_90 affords deeper
-# pipelines (228 KB shared memory). 128x128x64 with 4 warps spills on sm_90 (PLATFORM.md),
-# so the big tiles use 8 warps.
+# tl.dot needs every dim >= 16. Per architecture a big tile for large layers and a small
+# one for small images / few programs. Chosen by compile_check: 128x128 tiles, 4-warp
+# 128x64 tiles and BLOCK_K=64 big tiles spill (on odd shapes) once the statistics epilogue
+# is in. Float32 inputs run exact ("ieee") products on the FMA units: a smaller K step.
 CONV_CONFIGS = {
-    80: [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
-         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)],
-    90: [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
-         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4)],
+    80: [dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3),
+         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3)],
+    90: [dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3),
+         dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3)],
 }
+FP32_CONV_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=2)
+W_PAD = 16  # weight rows padded to 16 elements
+
 # Under TRITON_INTERPRET each program instance costs milliseconds: small tiles keep
 # tensors tiny and the tests' grids short.
 INTERPRET_CONV_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
+
+# float32 inputs get exact products, as the reference (within 1e-5): tf32 would not be.
+# Half-precision inputs are unaffected by it.
+DOT_PRECISION = "ieee"
 
 # Elementwise tiles: BLOCK_C channels x BLOCK_HW pixels, 2048 elements over 4 warps.
 NORM_BLOCK_C = 8
@@ -58,20 +65,34 @@ def _interpret() -> bool:
 
 
 @triton.jit
+def _cast(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """v.to(dtype) rounding to nearest even: the interpreter truncates float32 -> bfloat16
+    (GPUs round), so under it round the float32 bits first."""
+    if INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
 def _deconv_fwd_kernel(
     x_ptr,  # (N, Cin, H, W), strides sx*
-    w_ptr,  # (4, 4, Cin, Cout) contiguous: the weight as (ky, kx, ci, co)
+    w_ptr,  # (4, 4, Cin, Cout_pad) contiguous: the weight as (ky, kx, ci, co), zero-padded
     bias_ptr,  # (Cout,), read only when HAS_BIAS
     out_ptr,  # (N, Cout, 2H, 2W) pre_norm, strides so*
     psum_ptr,  # (N, 4 * n_mt, Cout) ACC: per-tile channel sums, written when STATS
     pm2_ptr,  # (N, 4 * n_mt, Cout) ACC: per-tile sums of squares about the tile mean
-    Cin, Cout, H, W, n_mt,
+    Cin, Cout, Cout_pad, H, W, n_mt,
     sx0, sx1, sx2, sx3,
     so0, so1, so2, so3,
     HAS_BIAS: tl.constexpr,
     STATS: tl.constexpr,
     ACC: tl.constexpr,
+    INTERPRET: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -91,6 +112,8 @@ def _deconv_fwd_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel
     col_ok = cols < Cout
     ks = tl.arange(0, BLOCK_K)
+    # 64-bit sample bases; offsets inside one sample and inside the weight fit in int32
+    # (the launcher checks), which halves the address registers of every tile.
     x_base = x_ptr + n * sx0
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
     for t in tl.static_range(4):
@@ -101,26 +124,31 @@ def _deconv_fwd_kernel(
         ky = 1 + py + 2 * ty * (1 - 2 * py)
         kx = 1 + px + 2 * tx * (1 - 2 * px)
         pix_ok = row_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
-        a_ptrs = x_base + iy.to(tl.int64)[:, None] * sx2 + ix.to(tl.int64)[:, None] * sx3
-        b_ptrs = w_ptr + ((ky * 4 + kx) * Cin).to(tl.int64) * Cout + cols[None, :]
+        pix_off = iy * sx2 + ix * sx3  # (BLOCK_M,)
+        w_tap = w_ptr + (ky * 4 + kx) * Cin * Cout_pad
         for k0 in range(0, Cin, BLOCK_K):
             ci = k0 + ks
             ci_ok = ci < Cin
-            a = tl.load(a_ptrs + ci.to(tl.int64)[None, :] * sx1,
+            a = tl.load(x_base + pix_off[:, None] + ci[None, :] * sx1,
                         mask=pix_ok[:, None] & ci_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs + ci.to(tl.int64)[:, None] * Cout,
+            b = tl.load(w_tap + ci[:, None] * Cout_pad + cols[None, :],
                         mask=ci_ok[:, None] & col_ok[None, :], other=0.0)
+            if DOT_FP32:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION, out_dtype=ACC)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
-    oy = 2 * i + py
-    ox = 2 * j + px
-    out_ptrs = (out_ptr + n * so0 + cols.to(tl.int64)[None, :] * so1
-                + oy.to(tl.int64)[:, None] * so2 + ox.to(tl.int64)[:, None] * so3)
+    out_off = (2 * i + py) * so2 + (2 * j + px) * so3  # (BLOCK_M,)
+    out_ptrs = out_ptr + n * so0 + out_off[:, None] + (cols * so1)[None, :]
     ok = row_ok[:, None] & col_ok[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+    stored = _cast(acc, out_ptr.dtype.element_ty, INTERPRET)
+    tl.store(out_ptrs, stored, mask=ok)
     if STATS:
+        # statistics of the values as stored, so that normalizing pre_norm (here and in
+        # the backward) sees exactly zero mean and unit variance, as the reference does
         count = tl.minimum(hw - mt * BLOCK_M, BLOCK_M).to(ACC)
+        acc = stored.to(ACC)
         v = tl.where(ok, acc, 0.0)
         tile_sum = tl.sum(v, axis=0)  # (BLOCK_N,)
         d = tl.where(ok, acc - (tile_sum / count)[None, :], 0.0)
@@ -214,6 +242,7 @@ def _norm_act_fwd_kernel(
     HAS_SHIFT: tl.constexpr,
     ACT: tl.constexpr,
     ACC: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
@@ -236,7 +265,7 @@ def _norm_act_fwd_kernel(
     if HAS_SHIFT:
         v += tl.load(shift_ptr + n * sb0 + cc * sb1 + oy * sb2 + ox * sb3, mask=ok, other=0.0).to(ACC)
     v = _activate(v, ACT, slope)
-    tl.store(y_ptr + n * sy0 + cc * sy1 + oy * sy2 + ox * sy3, v.to(y_ptr.dtype.element_ty), mask=ok)
+    tl.store(y_ptr + n * sy0 + cc * sy1 + oy * sy2 + ox * sy3, _cast(v, y_ptr.dtype.element_ty, INTERPRET), mask=ok)
 
 
 @triton.jit
@@ -291,6 +320,7 @@ def _norm_act_bwd_kernel(
     SHIFT_SPATIAL: tl.constexpr,
     ACT: tl.constexpr,
     ACC: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
@@ -321,19 +351,19 @@ def _norm_act_bwd_kernel(
                 NORM, HAS_SCALE, HAS_SHIFT, ACT, ACC)
             if HAS_SCALE:
                 if SCALE_SPATIAL:
-                    tl.store(gs_ptr + off, (g_a * nrm).to(gs_ptr.dtype.element_ty), mask=ok)
+                    tl.store(gs_ptr + off, _cast(g_a * nrm, gs_ptr.dtype.element_ty, INTERPRET), mask=ok)
                 else:
                     ch_gs += g_a * nrm
             if HAS_SHIFT:
                 if SHIFT_SPATIAL:
-                    tl.store(gb_ptr + off, g_a.to(gb_ptr.dtype.element_ty), mask=ok)
+                    tl.store(gb_ptr + off, _cast(g_a, gb_ptr.dtype.element_ty, INTERPRET), mask=ok)
                 else:
                     ch_gb += g_a
             if NORM:
                 sum_gn += g_n
                 sum_gnn += g_n * nrm
             else:
-                tl.store(gh_ptr + off, g_n.to(gh_ptr.dtype.element_ty), mask=ok)
+                tl.store(gh_ptr + off, _cast(g_n, gh_ptr.dtype.element_ty, INTERPRET), mask=ok)
         if HAS_SCALE and not SCALE_SPATIAL:
             tl.store(gs_ptr + n * C + c, tl.sum(ch_gs, axis=1), mask=c_ok)
         if HAS_SHIFT and not SHIFT_SPATIAL:
@@ -352,7 +382,7 @@ def _norm_act_bwd_kernel(
                     slope, sg0, sg1, sg2, sg3, sh0, sh1, sh2, sh3, ss0, ss1, ss2, ss3,
                     sb0, sb1, sb2, sb3, NORM, HAS_SCALE, HAS_SHIFT, ACT, ACC)
                 g_h = rstd * (g_n - mean_gn - nrm * mean_gnn)
-                tl.store(gh_ptr + off, g_h.to(gh_ptr.dtype.element_ty), mask=ok)
+                tl.store(gh_ptr + off, _cast(g_h, gh_ptr.dtype.element_ty, INTERPRET), mask=ok)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -375,28 +405,34 @@ def _memory_format(x):
     return torch.contiguous_format
 
 
+def _max_offset(t):
+    """The largest element offset a view reaches from its first element."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+
+
 def _broadcast_strides(t, shape):
     """Strides of t broadcast to `shape` (0 on broadcast dims); (0,)*4 for None."""
     return (0, 0, 0, 0) if t is None else t.expand(shape).stride()
 
 
-def conv_config(x):
-    """The conv tile for this input: interpreter tile, else by architecture and size."""
+def conv_configs(arch: int, dtype) -> list:
+    """Every conv tile the launcher may pick on sm_<arch> for inputs of `dtype`."""
+    configs = CONV_CONFIGS[90 if arch >= 90 else 80]
+    return [FP32_CONV_CONFIG] if dtype in (torch.float32, torch.float64) else configs
+
+
+def conv_config(x, cout: int):
+    """The conv tile for this input: the interpreter's, else by architecture and size."""
     if _interpret() or x.device.type != "cuda":
         return INTERPRET_CONV_CONFIG
-    major, _ = torch.cuda.get_device_capability(x.device)
-    configs = CONV_CONFIGS[90 if major >= 9 else 80]
+    major, minor = torch.cuda.get_device_capability(x.device)
+    configs = conv_configs(10 * major + minor, x.dtype)
     n, _, h, w = x.shape
     big = configs[0]
-    # The big tile only when it fills the channels and leaves >= 2 waves of programs.
-    tiles = n * 4 * triton.cdiv(h * w, big["BLOCK_M"]) * triton.cdiv(x.shape[1], big["BLOCK_N"])
-    props = torch.cuda.get_device_properties(x.device)
-    return big if tiles >= 2 * props.multi_processor_count else configs[1]
-
-
-def _dot_precision(dtype):
-    # float32 inputs: exact products (as the reference, within 1e-5); tf32 would not be.
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+    # The big tile only when it still leaves >= 2 waves of programs.
+    tiles = n * 4 * triton.cdiv(h * w, big["BLOCK_M"]) * triton.cdiv(cout, big["BLOCK_N"])
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    return big if tiles >= 2 * sms else configs[-1]
 
 
 def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative_slope, eps):
@@ -406,10 +442,19 @@ def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative
     out_shape = (n, cout, ho, wo)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     fmt = _memory_format(x)
-    w_taps = weight.permute(2, 3, 0, 1).contiguous()  # (ky, kx, ci, co): co contiguous
+    # (ky, kx, ci, co) with co contiguous, padded to a multiple of W_PAD so every weight
+    # row is 16-byte aligned: unaligned rows cost vector loads and make the tile spill.
+    cout_pad = triton.cdiv(cout, W_PAD) * W_PAD
+    w_taps = weight.new_zeros(4, 4, cin, cout_pad)
+    w_taps[..., :cout] = weight.permute(2, 3, 0, 1)
+    if _max_offset(x[0]) >= 2**31:  # the kernel's in-sample offsets are int32
+        x = x.contiguous(memory_format=fmt)
+    if max(_max_offset(x[0]), x[0].numel() * 4, w_taps.numel()) >= 2**31:
+        raise ValueError("deconv_block (triton): one sample of x or of the output, or the "
+                         "weight, has 2**31 elements or more")
     bias_arg = bias.contiguous() if bias is not None else w_taps
     pre_norm = _new_output(out_shape, x.dtype, x.device, fmt)
-    cfg = dict(conv_config(x))
+    cfg = dict(conv_config(x, cout))
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     n_mt = triton.cdiv(h * w, bm)
     stats_shape = (n, 4 * n_mt, cout)
@@ -417,10 +462,12 @@ def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative
     pm2 = _new_output(stats_shape, acc, x.device) if groups else pre_norm
     grid = (n * n_mt, triton.cdiv(cout, bn), 4)
     _deconv_fwd_kernel[grid](
-        x, w_taps, bias_arg, pre_norm, psum, pm2, cin, cout, h, w, n_mt,
+        x, w_taps, bias_arg, pre_norm, psum, pm2, cin, cout, cout_pad, h, w, n_mt,
         *x.stride(), *pre_norm.stride(),
-        HAS_BIAS=bias is not None, STATS=bool(groups), ACC=_acc(x.dtype),
-        DOT_PRECISION=_dot_precision(x.dtype), BLOCK_M=bm, BLOCK_N=bn, **cfg)
+        HAS_BIAS=bias is not None, STATS=bool(groups), ACC=_acc(x.dtype), INTERPRET=_interpret(),
+        DOT_PRECISION=DOT_PRECISION,
+        DOT_FP32=_interpret() and x.dtype == torch.bfloat16,  # the interpreter's bf16 dot is wrong
+        BLOCK_M=bm, BLOCK_N=bn, **cfg)
 
     mean = _new_output((n, groups), acc, x.device)
     rstd = _new_output((n, groups), acc, x.device)
@@ -438,7 +485,7 @@ def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative
         *pre_norm.stride(), *_broadcast_strides(scale, out_shape),
         *_broadcast_strides(shift, out_shape), *y.stride(),
         NORM=bool(groups), HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        ACT=ACTIVATIONS[activation], ACC=_acc(x.dtype),
+        ACT=ACTIVATIONS[activation], ACC=_acc(x.dtype), INTERPRET=_interpret(),
         BLOCK_C=NORM_BLOCK_C, BLOCK_HW=NORM_BLOCK_HW, num_warps=NUM_WARPS)
     return y, pre_norm, mean, rstd
 
@@ -492,7 +539,7 @@ def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_
         *_broadcast_strides(shift, out_shape),
         NORM=bool(groups), HAS_SCALE=scale is not None, SCALE_SPATIAL=_spatial(scale, out_shape),
         HAS_SHIFT=shift is not None, SHIFT_SPATIAL=_spatial(shift, out_shape),
-        ACT=ACTIVATIONS[activation], ACC=_acc(x.dtype),
+        ACT=ACTIVATIONS[activation], ACC=_acc(x.dtype), INTERPRET=_interpret(),
         BLOCK_C=BWD_BLOCK_C, BLOCK_HW=BWD_BLOCK_HW, num_warps=NUM_WARPS)
     grad_x, grad_weight, grad_bias = conv_transpose_backward(grad_h, x, weight, has_bias)
     return (grad_x, grad_weight, grad_bias, _affine_grad(gs, scale, out_shape),

@@ -200,6 +200,13 @@ def _check_deconv(x_shape, cout, affine, dtype, layout=None, bias=True, **kwargs
     assert grads.keys() == grads_ref.keys()
     for name in grads:
         assert grads[name].shape == grads_ref[name].shape, name
+        if name == "bias" and kwargs.get("norm") != "none" and dtype != torch.float32:
+            # The norm cancels the bias: its gradient is exactly zero, and what both
+            # compute is rounding noise of a sum of many half-precision terms. Bound the
+            # noise by torch's own, with room for a different summation order.
+            noise = grads_low[name].float().abs().max().item()
+            assert grads[name].float().abs().max().item() <= 4 * noise + 1e-3, name
+            continue
         assert_close_to_reference(grads[name], grads_low[name], grads_ref[name], dtype,
                                   f"grad_{name}")
 
@@ -307,3 +314,25 @@ def test_deconv_block_compile_fullgraph():
     g_ref = torch.autograd.grad((z_ref * z_ref.detach()).sum() + kl_ref, (x, w))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------ ahead-of-time compile
+
+
+def test_compile_check_one_kernel_per_op():
+    """Both ops' kernels compile for sm_90 without spills (the full check, every kernel,
+    config, dtype and sm_80 too, is `python -m fastvae.kernels.compile_check`, run by CI
+    separately). A subprocess: compiling needs TRITON_INTERPRET unset before triton loads."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-m", "fastvae.kernels.compile_check", "--arch", "90", "--dtype", "bf16",
+         "--cases", "1"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for kernel in ("_reparam_kl_fwd_kernel", "_reparam_kl_bwd_kernel", "_deconv_fwd_kernel",
+                   "_group_stats_kernel", "_norm_act_fwd_kernel", "_norm_act_bwd_kernel"):
+        assert kernel in out.stdout, kernel
+    assert " 0 failed or spilled" in out.stdout
