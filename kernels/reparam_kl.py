@@ -6,6 +6,8 @@ row-major index i (the contract's stream), writes z, and writes the chunk's KL s
 (B, n_chunks) buffer that the launcher sums in a fixed order (deterministic, no atomics).
 The backward regenerates the same noise from (seed, i).
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +23,18 @@ _ACC = {torch.float64: tl.float64}  # everything else accumulates in float32
 
 
 @triton.jit
+def _cast(v, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """v.to(dtype) rounding to nearest even: the interpreter truncates float32 -> bfloat16
+    (GPUs round), so under it round the float32 bits first."""
+    if INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
 def _reparam_kl_fwd_kernel(
     mu_ptr,  # (B, D) contiguous
     logvar_ptr,  # (B, D) contiguous
@@ -32,6 +46,7 @@ def _reparam_kl_fwd_kernel(
     n_chunks,
     HAS_EPS: tl.constexpr,
     ACC: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -48,7 +63,7 @@ def _reparam_kl_fwd_kernel(
         eps = tl.randn(tl.load(seed_ptr), offs).to(ACC)
     std = tl.exp(0.5 * lv)
     z = mu + std * eps
-    tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
+    tl.store(z_ptr + offs, _cast(z, z_ptr.dtype.element_ty, INTERPRET), mask=mask)
     kl = -0.5 * (1.0 + lv - mu * mu - std * std)
     kl = tl.where(mask, kl, 0.0)
     tl.store(kl_part_ptr + row * n_chunks + chunk, tl.sum(kl, axis=0))
@@ -70,6 +85,7 @@ def _reparam_kl_bwd_kernel(
     HAS_GRAD_KL: tl.constexpr,
     HAS_EPS: tl.constexpr,
     ACC: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -95,8 +111,12 @@ def _reparam_kl_bwd_kernel(
         g_kl = tl.load(grad_kl_ptr + row).to(ACC)
         grad_mu += g_kl * mu
         grad_lv += g_kl * 0.5 * (std * std - 1.0)
-    tl.store(grad_mu_ptr + offs, grad_mu.to(grad_mu_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_logvar_ptr + offs, grad_lv.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_mu_ptr + offs, _cast(grad_mu, grad_mu_ptr.dtype.element_ty, INTERPRET), mask=mask)
+    tl.store(grad_logvar_ptr + offs, _cast(grad_lv, grad_logvar_ptr.dtype.element_ty, INTERPRET), mask=mask)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _block(d: int) -> int:
@@ -130,7 +150,7 @@ def reparam_kl_fwd(mu, logvar, eps, seed):
     kl_part = _new_output((b, n_chunks), acc_dtype, mu.device)
     _reparam_kl_fwd_kernel[(b * n_chunks,)](
         mu2, lv2, eps2, seed, z, kl_part, d, n_chunks,
-        HAS_EPS=eps is not None, ACC=_acc(mu.dtype), BLOCK=block, num_warps=NUM_WARPS)
+        HAS_EPS=eps is not None, ACC=_acc(mu.dtype), INTERPRET=_interpret(), BLOCK=block, num_warps=NUM_WARPS)
     return z.view(mu.shape), kl_part.sum(1)
 
 
@@ -149,5 +169,5 @@ def reparam_kl_bwd(grad_z, grad_kl, mu, logvar, eps, seed):
     _reparam_kl_bwd_kernel[(b * n_chunks,)](
         g_z, g_kl, mu2, lv2, eps2, seed, grad_mu, grad_logvar, d, n_chunks,
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_KL=grad_kl is not None,
-        HAS_EPS=eps is not None, ACC=_acc(mu.dtype), BLOCK=block, num_warps=NUM_WARPS)
+        HAS_EPS=eps is not None, ACC=_acc(mu.dtype), INTERPRET=_interpret(), BLOCK=block, num_warps=NUM_WARPS)
     return grad_mu.view(mu.shape), grad_logvar.view(mu.shape)
