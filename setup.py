@@ -25,7 +25,7 @@ def build_cuda() -> bool:
 
 def extension():
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"]
+    cxx = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"]
     kwargs = {"include_dirs": [os.path.abspath("csrc")], "extra_link_args": ["-fopenmp"]}
     if build_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
