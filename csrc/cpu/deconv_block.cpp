@@ -103,11 +103,21 @@ void expand_groups(const acc_t* per_group, int64_t n, int64_t c, int64_t groups,
 // ------------------------------------------------------------------------------ stats
 
 // Per-(sample, channel) moments of pre_norm, then merged into (sample, group) mean/rstd.
+// Every value is first shifted by its group's first element, so the partial means the
+// merge works with are O(std) rather than O(|mean|): float32 keeps their digits when
+// |mean| >> std (the subtraction of two nearby floats is exact).
 template <typename scalar_t, typename acc_t>
 void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
                  at::Tensor& mean_out, at::Tensor& rstd_out) {
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
+  const int64_t cg = c / groups;
   const scalar_t* p = pre.data_ptr<scalar_t>();
+  std::vector<acc_t> shift(n * c);  // per (n, c): the first element of its (n, group)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const int64_t first = j / cg * cg;  // the group's first channel, pixel 0
+      shift[i * c + j] = static_cast<acc_t>(p[nhwc ? i * hw * c + first : (i * c + first) * hw]);
+    }
   // partial moments: NCHW one per (n, c); NHWC one per (n, pixel block, c)
   const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
   std::vector<acc_t> pmean(n * blocks * c), pm2(n * blocks * c);
@@ -115,16 +125,17 @@ void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
     at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* src = p + plane * hw;
+        const acc_t k = shift[plane];
         Moments<acc_t> m{0, 0, 0};
         for (int64_t s = 0; s < hw; s += kChunk) {
           const int64_t len = std::min(kChunk, hw - s);
           acc_t sum = 0, m2 = 0;
 #pragma omp simd reduction(+ : sum)
-          for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(src[s + i]);
+          for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(src[s + i]) - k;
           const acc_t mu = sum / len;
 #pragma omp simd reduction(+ : m2)
           for (int64_t i = 0; i < len; ++i) {
-            const acc_t d = static_cast<acc_t>(src[s + i]) - mu;
+            const acc_t d = static_cast<acc_t>(src[s + i]) - k - mu;
             m2 += d * d;
           }
           m = deconv::merge(m, Moments<acc_t>{acc_t(len), mu, m2});
@@ -139,24 +150,24 @@ void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
         const int64_t i = task / blocks, b = task % blocks;
         const int64_t p0 = b * kPixelBlock, np = std::min(kPixelBlock, hw - p0);
         const scalar_t* src = p + (i * hw + p0) * c;
+        const acc_t* k = shift.data() + i * c;
         acc_t* mu = pmean.data() + task * c;
         acc_t* m2 = pm2.data() + task * c;
         for (int64_t q = 0; q < np; ++q) {
 #pragma omp simd
-          for (int64_t j = 0; j < c; ++j) mu[j] += static_cast<acc_t>(src[q * c + j]);
+          for (int64_t j = 0; j < c; ++j) mu[j] += static_cast<acc_t>(src[q * c + j]) - k[j];
         }
         for (int64_t j = 0; j < c; ++j) mu[j] /= np;
         for (int64_t q = 0; q < np; ++q) {
 #pragma omp simd
           for (int64_t j = 0; j < c; ++j) {
-            const acc_t d = static_cast<acc_t>(src[q * c + j]) - mu[j];
+            const acc_t d = static_cast<acc_t>(src[q * c + j]) - k[j] - mu[j];
             m2[j] += d * d;
           }
         }
       }
     });
   }
-  const int64_t cg = c / groups;
   acc_t* mean = mean_out.data_ptr<acc_t>();
   acc_t* rstd = rstd_out.data_ptr<acc_t>();
   for (int64_t i = 0; i < n; ++i) {
@@ -168,7 +179,7 @@ void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
         for (int64_t j = 0; j < cg; ++j)
           m = deconv::merge(m, Moments<acc_t>{cnt, pmean[base + j], pm2[base + j]});
       }
-      mean[i * groups + g] = m.mean;
+      mean[i * groups + g] = shift[i * c + g * cg] + m.mean;
       rstd[i * groups + g] = deconv::rstd_of(m, static_cast<acc_t>(eps));
     }
   }
