@@ -283,14 +283,15 @@ struct Sums {
   acc_t g_n_n = 0;    // group mean of g_n * n
 };
 
-// Pass 1 over one run: accumulates the sums (vectors of length len when kAcc, else one);
-// writes spatial grad_scale/grad_shift terms, and grad_h directly when there is no norm.
-template <Activation A, int kStat, int kScale, int kShift, bool kWriteGh, typename scalar_t,
-          typename acc_t>
+// Pass 1 over one run: accumulates the sums (kVec: per element of the run, in `acc` laid
+// out [4][len]; else one each); writes the spatial grad_scale/grad_shift terms (kGS, kGT)
+// and grad_h directly when there is no norm (kWriteGh).
+template <Activation A, int kStat, int kScale, int kShift, bool kGS, bool kGT, bool kWriteGh,
+          typename scalar_t, typename acc_t>
 inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, const acc_t* mean,
                          const acc_t* rstd, const acc_t* scale, const acc_t* shift, acc_t slope,
-                         acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, Sums<acc_t>* sums) {
-  constexpr bool kVec = kStat == 1;  // NHWC: one Sums per element of the run (channel)
+                         acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, acc_t* acc) {
+  constexpr bool kVec = kStat == 1;  // NHWC: one set of sums per channel
   acc_t s_ga = 0, s_gan = 0, s_gn = 0, s_gnn = 0;
 #pragma omp simd reduction(+ : s_ga, s_gan, s_gn, s_gnn)
   for (int64_t i = 0; i < len; ++i) {
@@ -299,14 +300,14 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
                                                  mean[i * kStat], rstd[i * kStat], sc,
                                                  shift[i * kShift], A, slope);
     const acc_t g_n = t.g_a * sc;
-    if (gscale_full) gscale_full[i] = t.g_a * t.n;  // spatial AdaIN only
-    if (gshift_full) gshift_full[i] = t.g_a;
-    if (kWriteGh) gh[i] = static_cast<scalar_t>(g_n);
-    if (kVec) {
-      sums[i].g_a += t.g_a;
-      sums[i].g_a_n += t.g_a * t.n;
-      sums[i].g_n += g_n;
-      sums[i].g_n_n += g_n * t.n;
+    if constexpr (kGS) gscale_full[i] = t.g_a * t.n;
+    if constexpr (kGT) gshift_full[i] = t.g_a;
+    if constexpr (kWriteGh) gh[i] = static_cast<scalar_t>(g_n);
+    if constexpr (kVec) {
+      acc[i] += t.g_a;
+      acc[len + i] += t.g_a * t.n;
+      acc[2 * len + i] += g_n;
+      acc[3 * len + i] += g_n * t.n;
     } else {
       s_ga += t.g_a;
       s_gan += t.g_a * t.n;
@@ -314,11 +315,11 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
       s_gnn += g_n * t.n;
     }
   }
-  if (!kVec) {
-    sums->g_a += s_ga;
-    sums->g_a_n += s_gan;
-    sums->g_n += s_gn;
-    sums->g_n_n += s_gnn;
+  if constexpr (!kVec) {
+    acc[0] += s_ga;
+    acc[1] += s_gan;
+    acc[2] += s_gn;
+    acc[3] += s_gnn;
   }
 }
 
@@ -367,33 +368,35 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
   const bool ss = scale.spatial(), ts = shift.spatial();
   const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
   // NHWC: one Sums vector of length c per (n, pixel block), reduced below
-  std::vector<Sums<acc_t>> part(nhwc ? n * blocks * c : 0);
+  std::vector<acc_t> part(nhwc ? n * blocks * 4 * c : 0);  // [task][4][c]
   sums.assign(n * c, Sums<acc_t>{});
   dispatch_activation(act, [&](auto a) {
     constexpr Activation A = decltype(a)::value;
     auto pass1 = [&](auto write_gh) {
       constexpr bool W = decltype(write_gh)::value;
       if (nhwc) {
-        at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t i = task / blocks, p0 = (task % blocks) * kPixelBlock;
-            const int64_t p1 = std::min(p0 + kPixelBlock, hw);
-            for (int64_t q = p0; q < p1; ++q) {
-              const int64_t off = (i * hw + q) * c;
-              backward_run<A, 1, 1, 1, W>(gy + off, h + off, c, mean + i * c, rstd + i * c,
-                                          ss ? s + off : s + i * c, ts ? t + off : t + i * c,
-                                          slope, gsf ? gsf + off : nullptr,
-                                          gtf ? gtf + off : nullptr, gh + off,
-                                          part.data() + task * c);
+        dispatch_strides(ss, ts, [&](auto ks, auto kt) {
+          constexpr bool GS = decltype(ks)::value, GT = decltype(kt)::value;
+          at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t task = begin; task < end; ++task) {
+              const int64_t i = task / blocks, p0 = (task % blocks) * kPixelBlock;
+              const int64_t p1 = std::min(p0 + kPixelBlock, hw);
+              for (int64_t q = p0; q < p1; ++q) {
+                const int64_t off = (i * hw + q) * c;
+                backward_run<A, 1, 1, 1, GS, GT, W>(
+                    gy + off, h + off, c, mean + i * c, rstd + i * c, GS ? s + off : s + i * c,
+                    GT ? t + off : t + i * c, slope, gsf + (GS ? off : 0),
+                    gtf + (GT ? off : 0), gh + off, part.data() + task * 4 * c);
+              }
             }
-          }
+          });
         });
         for (int64_t i = 0; i < n; ++i)
           for (int64_t b = 0; b < blocks; ++b)
             for (int64_t j = 0; j < c; ++j) {
-              const auto& p = part[(i * blocks + b) * c + j];
+              const acc_t* p = part.data() + (i * blocks + b) * 4 * c + j;
               auto& q = sums[i * c + j];
-              q.g_a += p.g_a; q.g_a_n += p.g_a_n; q.g_n += p.g_n; q.g_n_n += p.g_n_n;
+              q.g_a += p[0]; q.g_a_n += p[c]; q.g_n += p[2 * c]; q.g_n_n += p[3 * c];
             }
         return;
       }
@@ -402,10 +405,12 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
         at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
           for (int64_t plane = begin; plane < end; ++plane) {
             const int64_t off = plane * hw;
-            backward_run<A, 0, KS, KT, W>(gy + off, h + off, hw, mean + plane, rstd + plane,
-                                          KS ? s + off : s + plane, KT ? t + off : t + plane,
-                                          slope, gsf ? gsf + off : nullptr,
-                                          gtf ? gtf + off : nullptr, gh + off, &sums[plane]);
+            acc_t four[4] = {0, 0, 0, 0};
+            backward_run<A, 0, KS, KT, KS == 1, KT == 1, W>(
+                gy + off, h + off, hw, mean + plane, rstd + plane, KS ? s + off : s + plane,
+                KT ? t + off : t + plane, slope, gsf + (KS ? off : 0), gtf + (KT ? off : 0),
+                gh + off, four);
+            sums[plane] = Sums<acc_t>{four[0], four[1], four[2], four[3]};
           }
         });
       });
