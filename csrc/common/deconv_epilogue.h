@@ -47,6 +47,16 @@ FASTVAE_HD inline Moments<T> merge(Moments<T> a, Moments<T> b) {
   return out;
 }
 
+// Welford's update of a partial with one value.
+template <typename T>
+FASTVAE_HD inline Moments<T> push(Moments<T> m, T v) {
+  m.count += T(1);
+  T d = v - m.mean;
+  m.mean += d / m.count;
+  m.m2 += d * (v - m.mean);
+  return m;
+}
+
 // 1 / sqrt(biased variance + eps) of merged moments.
 template <typename T>
 FASTVAE_HD inline T rstd_of(Moments<T> m, T eps) {
@@ -60,10 +70,21 @@ FASTVAE_HD inline T sigmoid(T a) {
 }
 
 template <typename T>
+FASTVAE_HD inline T max0(T a) {
+  return a < T(0) ? T(0) : a;
+}
+
+template <typename T>
+FASTVAE_HD inline T min0(T a) {
+  return a > T(0) ? T(0) : a;
+}
+
+template <typename T>
 FASTVAE_HD inline T activate(T a, Activation act, T slope) {
   switch (act) {
-    case Activation::kLeakyRelu: return a > T(0) ? a : a * slope;
-    case Activation::kRelu: return a > T(0) ? a : T(0);
+    // max/min as compare-and-select (NaN passes through), which the CPU loops vectorize
+    case Activation::kLeakyRelu: return max0(a) + slope * min0(a);
+    case Activation::kRelu: return max0(a);
     case Activation::kSilu: return a * sigmoid(a);
     default: return a;
   }

@@ -103,11 +103,21 @@ void expand_groups(const acc_t* per_group, int64_t n, int64_t c, int64_t groups,
 // ------------------------------------------------------------------------------ stats
 
 // Per-(sample, channel) moments of pre_norm, then merged into (sample, group) mean/rstd.
+// Every value is first shifted by its group's first element, so the partial means the
+// merge works with are O(std) rather than O(|mean|): float32 keeps their digits when
+// |mean| >> std (the subtraction of two nearby floats is exact).
 template <typename scalar_t, typename acc_t>
 void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
                  at::Tensor& mean_out, at::Tensor& rstd_out) {
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
+  const int64_t cg = c / groups;
   const scalar_t* p = pre.data_ptr<scalar_t>();
+  std::vector<acc_t> shift(n * c);  // per (n, c): the first element of its (n, group)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const int64_t first = j / cg * cg;  // the group's first channel, pixel 0
+      shift[i * c + j] = static_cast<acc_t>(p[nhwc ? i * hw * c + first : (i * c + first) * hw]);
+    }
   // partial moments: NCHW one per (n, c); NHWC one per (n, pixel block, c)
   const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
   std::vector<acc_t> pmean(n * blocks * c), pm2(n * blocks * c);
@@ -115,16 +125,17 @@ void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
     at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const scalar_t* src = p + plane * hw;
+        const acc_t k = shift[plane];
         Moments<acc_t> m{0, 0, 0};
         for (int64_t s = 0; s < hw; s += kChunk) {
           const int64_t len = std::min(kChunk, hw - s);
           acc_t sum = 0, m2 = 0;
 #pragma omp simd reduction(+ : sum)
-          for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(src[s + i]);
+          for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(src[s + i]) - k;
           const acc_t mu = sum / len;
 #pragma omp simd reduction(+ : m2)
           for (int64_t i = 0; i < len; ++i) {
-            const acc_t d = static_cast<acc_t>(src[s + i]) - mu;
+            const acc_t d = static_cast<acc_t>(src[s + i]) - k - mu;
             m2 += d * d;
           }
           m = deconv::merge(m, Moments<acc_t>{acc_t(len), mu, m2});
@@ -139,24 +150,24 @@ void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
         const int64_t i = task / blocks, b = task % blocks;
         const int64_t p0 = b * kPixelBlock, np = std::min(kPixelBlock, hw - p0);
         const scalar_t* src = p + (i * hw + p0) * c;
+        const acc_t* k = shift.data() + i * c;
         acc_t* mu = pmean.data() + task * c;
         acc_t* m2 = pm2.data() + task * c;
         for (int64_t q = 0; q < np; ++q) {
 #pragma omp simd
-          for (int64_t j = 0; j < c; ++j) mu[j] += static_cast<acc_t>(src[q * c + j]);
+          for (int64_t j = 0; j < c; ++j) mu[j] += static_cast<acc_t>(src[q * c + j]) - k[j];
         }
         for (int64_t j = 0; j < c; ++j) mu[j] /= np;
         for (int64_t q = 0; q < np; ++q) {
 #pragma omp simd
           for (int64_t j = 0; j < c; ++j) {
-            const acc_t d = static_cast<acc_t>(src[q * c + j]) - mu[j];
+            const acc_t d = static_cast<acc_t>(src[q * c + j]) - k[j] - mu[j];
             m2[j] += d * d;
           }
         }
       }
     });
   }
-  const int64_t cg = c / groups;
   acc_t* mean = mean_out.data_ptr<acc_t>();
   acc_t* rstd = rstd_out.data_ptr<acc_t>();
   for (int64_t i = 0; i < n; ++i) {
@@ -168,7 +179,7 @@ void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
         for (int64_t j = 0; j < cg; ++j)
           m = deconv::merge(m, Moments<acc_t>{cnt, pmean[base + j], pm2[base + j]});
       }
-      mean[i * groups + g] = m.mean;
+      mean[i * groups + g] = shift[i * c + g * cg] + m.mean;
       rstd[i * groups + g] = deconv::rstd_of(m, static_cast<acc_t>(eps));
     }
   }
@@ -272,14 +283,15 @@ struct Sums {
   acc_t g_n_n = 0;    // group mean of g_n * n
 };
 
-// Pass 1 over one run: accumulates the sums (vectors of length len when kAcc, else one);
-// writes spatial grad_scale/grad_shift terms, and grad_h directly when there is no norm.
-template <Activation A, int kStat, int kScale, int kShift, bool kWriteGh, typename scalar_t,
-          typename acc_t>
+// Pass 1 over one run: accumulates the sums (kVec: per element of the run, in `acc` laid
+// out [4][len]; else one each); writes the spatial grad_scale/grad_shift terms (kGS, kGT)
+// and grad_h directly when there is no norm (kWriteGh).
+template <Activation A, int kStat, int kScale, int kShift, bool kGS, bool kGT, bool kWriteGh,
+          typename scalar_t, typename acc_t>
 inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, const acc_t* mean,
                          const acc_t* rstd, const acc_t* scale, const acc_t* shift, acc_t slope,
-                         acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, Sums<acc_t>* sums) {
-  constexpr bool kVec = kStat == 1;  // NHWC: one Sums per element of the run (channel)
+                         acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, acc_t* acc) {
+  constexpr bool kVec = kStat == 1;  // NHWC: one set of sums per channel
   acc_t s_ga = 0, s_gan = 0, s_gn = 0, s_gnn = 0;
 #pragma omp simd reduction(+ : s_ga, s_gan, s_gn, s_gnn)
   for (int64_t i = 0; i < len; ++i) {
@@ -288,14 +300,14 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
                                                  mean[i * kStat], rstd[i * kStat], sc,
                                                  shift[i * kShift], A, slope);
     const acc_t g_n = t.g_a * sc;
-    if (gscale_full) gscale_full[i] = t.g_a * t.n;  // spatial AdaIN only
-    if (gshift_full) gshift_full[i] = t.g_a;
-    if (kWriteGh) gh[i] = static_cast<scalar_t>(g_n);
-    if (kVec) {
-      sums[i].g_a += t.g_a;
-      sums[i].g_a_n += t.g_a * t.n;
-      sums[i].g_n += g_n;
-      sums[i].g_n_n += g_n * t.n;
+    if constexpr (kGS) gscale_full[i] = t.g_a * t.n;
+    if constexpr (kGT) gshift_full[i] = t.g_a;
+    if constexpr (kWriteGh) gh[i] = static_cast<scalar_t>(g_n);
+    if constexpr (kVec) {
+      acc[i] += t.g_a;
+      acc[len + i] += t.g_a * t.n;
+      acc[2 * len + i] += g_n;
+      acc[3 * len + i] += g_n * t.n;
     } else {
       s_ga += t.g_a;
       s_gan += t.g_a * t.n;
@@ -303,11 +315,11 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
       s_gnn += g_n * t.n;
     }
   }
-  if (!kVec) {
-    sums->g_a += s_ga;
-    sums->g_a_n += s_gan;
-    sums->g_n += s_gn;
-    sums->g_n_n += s_gnn;
+  if constexpr (!kVec) {
+    acc[0] += s_ga;
+    acc[1] += s_gan;
+    acc[2] += s_gn;
+    acc[3] += s_gnn;
   }
 }
 
@@ -356,33 +368,35 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
   const bool ss = scale.spatial(), ts = shift.spatial();
   const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
   // NHWC: one Sums vector of length c per (n, pixel block), reduced below
-  std::vector<Sums<acc_t>> part(nhwc ? n * blocks * c : 0);
+  std::vector<acc_t> part(nhwc ? n * blocks * 4 * c : 0);  // [task][4][c]
   sums.assign(n * c, Sums<acc_t>{});
   dispatch_activation(act, [&](auto a) {
     constexpr Activation A = decltype(a)::value;
     auto pass1 = [&](auto write_gh) {
       constexpr bool W = decltype(write_gh)::value;
       if (nhwc) {
-        at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t i = task / blocks, p0 = (task % blocks) * kPixelBlock;
-            const int64_t p1 = std::min(p0 + kPixelBlock, hw);
-            for (int64_t q = p0; q < p1; ++q) {
-              const int64_t off = (i * hw + q) * c;
-              backward_run<A, 1, 1, 1, W>(gy + off, h + off, c, mean + i * c, rstd + i * c,
-                                          ss ? s + off : s + i * c, ts ? t + off : t + i * c,
-                                          slope, gsf ? gsf + off : nullptr,
-                                          gtf ? gtf + off : nullptr, gh + off,
-                                          part.data() + task * c);
+        dispatch_strides(ss, ts, [&](auto ks, auto kt) {
+          constexpr bool GS = decltype(ks)::value, GT = decltype(kt)::value;
+          at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t task = begin; task < end; ++task) {
+              const int64_t i = task / blocks, p0 = (task % blocks) * kPixelBlock;
+              const int64_t p1 = std::min(p0 + kPixelBlock, hw);
+              for (int64_t q = p0; q < p1; ++q) {
+                const int64_t off = (i * hw + q) * c;
+                backward_run<A, 1, 1, 1, GS, GT, W>(
+                    gy + off, h + off, c, mean + i * c, rstd + i * c, GS ? s + off : s + i * c,
+                    GT ? t + off : t + i * c, slope, gsf + (GS ? off : 0),
+                    gtf + (GT ? off : 0), gh + off, part.data() + task * 4 * c);
+              }
             }
-          }
+          });
         });
         for (int64_t i = 0; i < n; ++i)
           for (int64_t b = 0; b < blocks; ++b)
             for (int64_t j = 0; j < c; ++j) {
-              const auto& p = part[(i * blocks + b) * c + j];
+              const acc_t* p = part.data() + (i * blocks + b) * 4 * c + j;
               auto& q = sums[i * c + j];
-              q.g_a += p.g_a; q.g_a_n += p.g_a_n; q.g_n += p.g_n; q.g_n_n += p.g_n_n;
+              q.g_a += p[0]; q.g_a_n += p[c]; q.g_n += p[2 * c]; q.g_n_n += p[3 * c];
             }
         return;
       }
@@ -391,10 +405,12 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
         at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
           for (int64_t plane = begin; plane < end; ++plane) {
             const int64_t off = plane * hw;
-            backward_run<A, 0, KS, KT, W>(gy + off, h + off, hw, mean + plane, rstd + plane,
-                                          KS ? s + off : s + plane, KT ? t + off : t + plane,
-                                          slope, gsf ? gsf + off : nullptr,
-                                          gtf ? gtf + off : nullptr, gh + off, &sums[plane]);
+            acc_t four[4] = {0, 0, 0, 0};
+            backward_run<A, 0, KS, KT, KS == 1, KT == 1, W>(
+                gy + off, h + off, hw, mean + plane, rstd + plane, KS ? s + off : s + plane,
+                KT ? t + off : t + plane, slope, gsf + (KS ? off : 0), gtf + (KT ? off : 0),
+                gh + off, four);
+            sums[plane] = Sums<acc_t>{four[0], four[1], four[2], four[3]};
           }
         });
       });

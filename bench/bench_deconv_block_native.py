@@ -1,0 +1,153 @@
+"""Native CPU deconv_block against its floor and what users write, forward + backward (issue 6).
+
+    pytest bench/bench_deconv_block_native.py --benchmark-only
+
+One group per decoder shape (batch 8), every entry forward + backward with a random
+upstream gradient, all in channels_last (oneDNN's fast layout here):
+  conv        bare conv_transpose2d with bias: the floor the block is held to (<= 1.10x)
+  eager       ConvTranspose2d + GroupNorm(32) + LeakyReLU(0.2)
+  compile     torch.compile of that eager block
+  native      fastvae.deconv_block(backend="native"), same math
+  epi_eager   the epilogue alone in eager PyTorch: bias add + group_norm + leaky_relu
+  copy        a copy of the output's size (the memory roofline)
+The native epilogue alone is native - conv (the conv is the same ATen call). The summary
+at the end gives ratios, the epilogue's GB/s against the copy bandwidth (bytes the
+native epilogue moves: 3 output-sized passes forward, 5 backward) and the peak RSS growth
+of one forward + backward (VmHWM after resetting it through /proc/self/clear_refs).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastvae
+from fastvae.backends import _unavailable_reason
+
+SHAPES = {  # name -> (N, Cin, H, W, Cout); output (N, Cout, 2H, 2W)
+    "256->128@16": (8, 256, 16, 16, 128),
+    "128->64@32": (8, 128, 32, 32, 64),
+    "64->32@64": (8, 64, 64, 64, 32),
+}
+ENTRIES = ("copy", "conv", "eager", "compile", "native", "epi_eager")
+GROUPS = 32
+EPILOGUE_PASSES = 8  # native: fwd stats read, normalize read+write; bwd 2 x (read gy, h) + write
+
+CL = torch.channels_last
+_results = {}  # (shape, entry) -> median seconds
+_peak = {}     # (shape, entry) -> peak RSS growth in bytes
+
+
+def make(name):
+    n, cin, h, w, cout = SHAPES[name]
+    torch.manual_seed(0)
+    x = torch.randn(n, cin, h, w).contiguous(memory_format=CL).requires_grad_()
+    conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1).to(memory_format=CL)
+    grad_y = torch.randn(n, cout, 2 * h, 2 * w).contiguous(memory_format=CL)
+    return x, conv, grad_y
+
+
+def runner(entry, x, conv, grad_y):
+    params = [x, conv.weight, conv.bias]
+    if entry == "conv":
+        fn = lambda: conv(x)  # noqa: E731
+    elif entry in ("eager", "compile"):
+        block = nn.Sequential(conv, nn.GroupNorm(GROUPS, conv.out_channels), nn.LeakyReLU(0.2))
+        block = block.to(memory_format=CL)
+        params += list(block[1].parameters())
+        model = torch.compile(block) if entry == "compile" else block
+        fn = lambda: model(x)  # noqa: E731
+    elif entry == "native":
+        gw = torch.ones(conv.out_channels, requires_grad=True)
+        gb = torch.zeros(conv.out_channels, requires_grad=True)
+        params += [gw, gb]
+        fn = lambda: fastvae.deconv_block(x, conv.weight, conv.bias, num_groups=GROUPS,  # noqa: E731
+                                          norm_weight=gw, norm_bias=gb, backend="native")
+    elif entry == "epi_eager":
+        pre = conv(x).detach().requires_grad_()
+        gw = torch.ones(conv.out_channels, requires_grad=True)
+        bias = conv.bias.detach().clone().requires_grad_()
+        params = [pre, bias, gw, conv.bias]
+        fn = lambda: F.leaky_relu(F.group_norm(pre + bias[:, None, None], GROUPS, gw,  # noqa: E731
+                                               conv.bias), 0.2)
+    return lambda: torch.autograd.grad(fn(), params, grad_y)
+
+
+def peak_rss_growth(run):
+    """Peak resident bytes above the starting RSS during run() (Linux VmHWM)."""
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    start = status("VmRSS:")
+    run()
+    return status("VmHWM:") - start
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or not _results:
+        return
+    with capture.global_and_fixture_disabled():
+        write_summary(reporter)
+
+
+def write_summary(reporter):
+    line = reporter.write_line
+    line("")
+    line("deconv_block fwd+bwd, channels_last, batch 8 (median ms; peak RSS growth MiB)")
+    for name, (n, cin, h, w, cout) in SHAPES.items():
+        r = _results
+        out_bytes = n * cout * 4 * h * w * 4
+        flops = 3 * 2 * n * h * w * cin * cout * 16  # fwd + grad_x + grad_weight
+        cells = [f"{e}={1e3 * r[(name, e)]:.2f}" + (f" ({_peak[(name, e)] / 2**20:.0f} MiB)"
+                 if _peak.get((name, e)) is not None else "")
+                 for e in ENTRIES if (name, e) in r]
+        line(f"  {name:12s} " + "  ".join(cells))
+        if (name, "conv") in r:
+            line(f"  {name:12s} conv {flops / r[(name, 'conv')] / 1e9:.1f} GFLOP/s")
+        if (name, "native") in r and (name, "conv") in r:
+            t, c = r[(name, "native")], r[(name, "conv")]
+            line(f"  {name:12s} native / conv = {t / c:.3f} (target <= 1.10)")
+            for other in ("eager", "compile"):
+                if (name, other) in r:
+                    line(f"  {name:12s} native vs {other}: {r[(name, other)] / t:.2f}x")
+            epi = t - c
+            if (name, "copy") in r and epi > 0:
+                copy_bw = 2 * out_bytes / r[(name, "copy")]
+                bw = EPILOGUE_PASSES * out_bytes / epi
+                line(f"  {name:12s} native epilogue {1e3 * epi:.2f} ms, {bw / 1e9:.1f} GB/s = "
+                     f"{bw / copy_bw:.0%} of copy ({copy_bw / 1e9:.1f} GB/s)")
+                if (name, "epi_eager") in r:
+                    line(f"  {name:12s} native epilogue vs eager epilogue: "
+                         f"{r[(name, 'epi_eager')] / epi:.2f}x")
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_deconv_block_native(benchmark, name, entry):
+    if entry == "native" and _unavailable_reason("native", "deconv_block", "cpu"):
+        pytest.skip(_unavailable_reason("native", "deconv_block", "cpu"))
+    benchmark.group = f"deconv_block fwd+bwd {name}"
+    x, conv, grad_y = make(name)
+    if entry == "copy":
+        src = torch.randn_like(grad_y)
+        dst = torch.empty_like(grad_y)
+        run = lambda: dst.copy_(src)  # noqa: E731
+    else:
+        run = runner(entry, x, conv, grad_y)
+    run()
+    run()  # compile and first-touch out of the way
+    benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
+    _results[(name, entry)] = benchmark.stats.stats.median
+    _peak[(name, entry)] = None if entry == "copy" else peak_rss_growth(run)
+    if _peak[(name, entry)] is not None:
+        benchmark.extra_info["peak_rss_MiB"] = round(_peak[(name, entry)] / 2**20, 1)

@@ -1,0 +1,175 @@
+"""The native CPU deconv_block (csrc/cpu/deconv_block.cpp) against the reference.
+
+test_deconv_block.py runs every backend through a cycle of options; here the native
+backend gets every norm x affine x activation combination, both layouts of its kernels,
+the statistics' stability, output layout and aliasing, float64 gradcheck and what autograd
+saves for backward.
+"""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import fastvae
+from conftest import assert_close_to_reference, backend_params
+from test_deconv_block import make_args, run, tensors_of
+
+pytestmark = [p.marks[0] for p in backend_params("deconv_block") if p.id == "native" and p.marks]
+
+NORMS = ("group", "instance", "none")
+AFFINES = ("none", "channel", "style", "spatial")
+ACTIVATIONS = ("leaky_relu", "relu", "silu", "none")
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def compare(dtype, norm, affine, activation, layout, n=2, cin=5, cout=8, h=5, w=3, groups=4):
+    x, weight, bias, kwargs = make_args(n=n, cin=cin, cout=cout, h=h, w=w, norm=norm,
+                                        affine=affine, groups=groups, dtype=dtype, layout=layout)
+    kwargs["activation"] = activation
+    grad_y = torch.randn(n, cout, 2 * h, 2 * w)
+    out = run("native", x, weight, bias, kwargs, grad_y)
+    ref_low = run("reference", x, weight, bias, kwargs, grad_y)
+    ref_hi = run("reference", x, weight, bias, kwargs, grad_y, dtype=torch.float32)
+    assert set(out) == set(ref_low)
+    for name in ref_low:
+        assert out[name].dtype == ref_low[name].dtype, name
+        assert out[name].shape == ref_low[name].shape, name
+        assert_close_to_reference(out[name], ref_low[name], ref_hi[name], dtype, name)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("norm, affine", list(itertools.product(NORMS, AFFINES)))
+def test_every_combination_float32(norm, affine, activation, layout):
+    compare(torch.float32, norm, affine, activation, layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("norm, affine, activation", [
+    ("group", "spatial", "silu"), ("instance", "style", "leaky_relu"), ("none", "channel", "relu")])
+def test_low_precision(norm, affine, activation, dtype, layout):
+    compare(dtype, norm, affine, activation, layout, h=7, w=5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("n, cin, cout, h, w, groups", [
+    (1, 3, 4, 7, 1, 4),      # batch 1, groups of one channel, a 1-wide input
+    (3, 2, 1, 1, 9, 1),      # one output channel, 1-high input
+    (2, 16, 24, 9, 11, 6),   # NHWC runs longer than a vector, several pixel blocks
+])
+def test_odd_shapes(n, cin, cout, h, w, groups, layout):
+    compare(torch.float32, "group", "spatial", "silu", layout, n=n, cin=cin, cout=cout, h=h, w=w,
+            groups=groups)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("norm, affine, activation", [
+    ("group", "spatial", "silu"), ("instance", "channel", "leaky_relu"), ("group", "style", "none"),
+    ("none", "style", "silu")])
+def test_float64_gradcheck(norm, affine, activation, layout):
+    x, weight, bias, kwargs = make_args(n=2, cin=3, cout=4, h=3, w=2, norm=norm, affine=affine,
+                                        groups=2, dtype=torch.float64, layout=layout)
+    names = list(tensors_of(x, weight, bias, kwargs))
+    values = [t.detach().requires_grad_() for t in tensors_of(x, weight, bias, kwargs).values()]
+    other = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+
+    def fn(*tensors):
+        named = dict(zip(names, tensors))
+        return fastvae.deconv_block(named.pop("x"), named.pop("weight"), named.pop("bias"),
+                                    activation=activation, backend="native", **other, **named)
+
+    assert torch.autograd.gradcheck(fn, values)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_statistics_stable_when_mean_dwarfs_std(layout):
+    """Values 1e4 + O(1) noise: E[h^2] - E[h]^2 in float32 would lose every digit."""
+    x, weight, _, _ = make_args(n=2, cin=6, cout=8, h=9, w=9, layout=layout)
+    bias = torch.full((8,), 1e4)
+    y, pre, mean, rstd = torch.ops.fastvae._deconv_block_fwd(
+        x, weight, bias, None, None, 4, "none", 0.2, 1e-5)
+    g = pre.double().reshape(2, 4, -1)
+    exact_mean, exact_var = g.mean(-1), g.var(-1, unbiased=False)
+    assert exact_var.min() > 0.05  # the test is meaningful: std far below the mean
+    torch.testing.assert_close(mean.double(), exact_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd.double(), torch.rsqrt(exact_var + 1e-5), rtol=1e-5, atol=0)
+    exact_y = ((g - exact_mean[..., None]) * torch.rsqrt(exact_var + 1e-5)[..., None]).view(y.shape)
+    torch.testing.assert_close(y.double(), exact_y, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_outputs_are_fresh_and_in_the_input_layout(layout):
+    x, weight, bias, kwargs = make_args(layout=layout, affine="spatial")
+    scale, shift = kwargs["style_scale"], kwargs["style_shift"]
+    y, pre, mean, rstd = torch.ops.fastvae._deconv_block_fwd(
+        x, weight, bias, scale, shift, 4, "silu", 0.2, 1e-5)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt) and pre.is_contiguous(memory_format=fmt)
+    assert mean.shape == rstd.shape == (2, 4) and mean.dtype == torch.float32
+    inputs = {t.untyped_storage().data_ptr() for t in (x, weight, bias, scale, shift)}
+    outputs = [t.untyped_storage().data_ptr() for t in (y, pre, mean, rstd)]
+    assert len(set(outputs)) == 4 and not inputs & set(outputs)
+    grads = torch.ops.fastvae._deconv_block_bwd(
+        torch.randn_like(y), x, weight, pre, mean, rstd, scale, shift, True, 4, "silu", 0.2, 1e-5)
+    assert grads[0].shape == x.shape and grads[3].shape == scale.shape
+    assert all(g.untyped_storage().data_ptr() not in inputs | set(outputs) for g in grads if g.numel())
+
+
+def test_no_norm_statistics_are_empty():
+    x, weight, bias, _ = make_args()
+    _, _, mean, rstd = torch.ops.fastvae._deconv_block_fwd(x, weight, bias, None, None, 0, "relu",
+                                                           0.2, 1e-5)
+    assert mean.shape == rstd.shape == (2, 0)
+    grads = torch.ops.fastvae._deconv_block_bwd(
+        torch.randn(2, 8, 10, 6), x, weight, torch.randn(2, 8, 10, 6), mean, rstd, None, None,
+        False, 0, "relu", 0.2, 1e-5)
+    assert [g.numel() for g in grads[2:]] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("norm, affine", [("group", "channel"), ("instance", "spatial"),
+                                          ("none", "style")])
+def test_opcheck(norm, affine):
+    x, weight, bias, kwargs = make_args(norm=norm, affine=affine, layout="channels_last")
+    scale = kwargs.get("norm_weight", kwargs.get("style_scale"))
+    shift = kwargs.get("norm_bias", kwargs.get("style_shift"))
+    if scale is not None:
+        scale, shift = (t.view(1, -1, 1, 1) if t.dim() == 1 else t.view(*t.shape, *[1] * (4 - t.dim()))
+                        for t in (scale, shift))
+        scale.requires_grad_(), shift.requires_grad_()
+    groups = {"group": 4, "instance": 8, "none": 0}[norm]
+    args = (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), scale, shift,
+            groups, "silu", 0.2, 1e-5, "native")
+    torch.library.opcheck(torch.ops.fastvae.deconv_block.default, args)
+
+
+def saved_bytes(fn):
+    """Bytes of the distinct storages autograd saves for backward during fn(), leaves
+    (parameters, which the model holds anyway) excluded."""
+    storages = {}
+
+    def pack(t):
+        if not (t.requires_grad and t.is_leaf):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(storages.values()), out
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_saves_at_most_one_and_a_half_outputs(layout):
+    """Issue 6: x (a leaf here but an activation in a model), pre_norm and the statistics."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 64, 16, 16).contiguous(memory_format=fmt)
+    conv = nn.ConvTranspose2d(64, 32, 4, 2, 1)
+    x_act = (x.requires_grad_() * 1.0)  # a non-leaf, as a model's activation is
+    native, y = saved_bytes(lambda: fastvae.deconv_block(
+        x_act, conv.weight, conv.bias, num_groups=8, backend="native"))
+    out_bytes = y.nbytes
+    assert native <= 1.5 * out_bytes + 2 * 2 * 8 * 4  # + (N, groups) mean and rstd
+    block = nn.Sequential(conv, nn.GroupNorm(8, 32), nn.LeakyReLU(0.2)).to(memory_format=fmt)
+    eager, _ = saved_bytes(lambda: block(x_act))
+    assert eager > 2 * out_bytes  # what the fused backward saves over eager (about 2.5x)
