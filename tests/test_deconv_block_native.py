@@ -35,6 +35,12 @@ def compare(dtype, norm, affine, activation, layout, n=2, cin=5, cout=8, h=5, w=
     for name in ref_low:
         assert out[name].dtype == ref_low[name].dtype, name
         assert out[name].shape == ref_low[name].shape, name
+        if name == "grad_bias" and norm != "none" and dtype == torch.float32:
+            # a sum of grad_pre_norm over each group, which cancels to ~0 (exactly 0 for
+            # instance norm): its error is absolute, eps-sized relative to the terms summed
+            scale = ref_low["grad_x"].abs().max().item() + 1
+            torch.testing.assert_close(out[name], ref_low[name], rtol=0, atol=1e-5 * scale * h * w)
+            continue
         assert_close_to_reference(out[name], ref_low[name], ref_hi[name], dtype, name)
 
 
