@@ -162,6 +162,10 @@ def style_distance(a: torch.Tensor, b: torch.Tensor, features: nn.Module) -> tor
     (He init) and Lab is divided by 100, so no single scale or the colour term dominates
     by its units alone. Zero for identical images; differentiable in a and b.
     """
-    stats_a, stats_b = style_statistics(a, features), style_statistics(b, features)
+    return statistics_distance(style_statistics(a, features), style_statistics(b, features))
+
+
+def statistics_distance(stats_a: list[torch.Tensor], stats_b: list[torch.Tensor]) -> torch.Tensor:
+    """`style_distance` from precomputed `style_statistics` (reuse a style image's)."""
     terms = [(sa - sb).pow(2).mean(dim=1) for sa, sb in zip(stats_a, stats_b)]
     return torch.stack(terms).mean(dim=0)
