@@ -94,14 +94,16 @@ def test_evaluate_with_a_stand_in_model(tmp_path):
 
 
 def test_evaluate_accepts_a_dataset_and_a_pair_subset():
-    class Data:
+    photos = _photos(3, size=24)
+
+    class Data:  # what evaluate needs of an ImageDataset
         names = ["a", "b", "c"]
 
         def __len__(self):
             return 3
 
         def __getitem__(self, i):
-            return _photos(3, size=24)[i]
+            return photos[i]
 
     results = evaluate(StandIn(), Data(), pairs=2)
     assert results["pairs"] == 2 and results["names"] == ["a", "b", "c"]
