@@ -63,6 +63,9 @@ def evaluate(args) -> int:
         parser.error(f"--size: must be at least 11 (the SSIM window), got {args.size}")
     model = load_model(args.checkpoint, args.device, parser)
     size = args.size or model.config.image_size
+    if size % model.config.content_downsample:
+        parser.error(f"--size: must be a multiple of {model.config.content_downsample} (the "
+                     f"model's downsampling), got {size}")
     try:
         dataset = ImageDataset(args.images, size)
     except ValueError as error:

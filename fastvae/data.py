@@ -86,10 +86,12 @@ def resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)  # bicubic overshoots at edges
 
 
-def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+def center_crop(image: torch.Tensor, size) -> torch.Tensor:
+    """The central size x size (or size = (height, width)) region of (..., H, W)."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
     h, w = image.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[..., top:top + size, left:left + size]
+    top, left = (h - out_h) // 2, (w - out_w) // 2
+    return image[..., top:top + out_h, left:left + out_w]
 
 
 def load_image(path, size: int | None = None) -> torch.Tensor:

@@ -16,6 +16,8 @@ from fastvae.style_stats import rgb_to_lab
 def test_normalize_weights():
     assert normalize_weights(None, 4) == [0.25] * 4
     assert normalize_weights([1, 3], 2) == [0.25, 0.75]
+    assert normalize_weights(None, 2, masked=True) == [1.0, 1.0]
+    assert normalize_weights([1, 3], 2, masked=True) == [1 / 3, 1.0]
     with pytest.raises(ValueError, match="--weights: got 3 weights for 2 styles"):
         normalize_weights([1, 1, 1], 2)
     with pytest.raises(ValueError, match="--weights: need non-negative"):
@@ -38,10 +40,10 @@ def test_load_mask_follows_the_content_geometry(tmp_path):
     left_half = np.zeros((20, 40), np.uint8)
     left_half[:, :20] = 255
     Image.fromarray(left_half).save(tmp_path / "same_aspect.png")
-    mask = load_mask(tmp_path / "same_aspect.png", (10, 20), size=8)  # content 10x20
+    mask = load_mask(tmp_path / "same_aspect.png", (10, 20), 8, (8, 8))  # content 10x20
     assert mask.shape == (1, 1, 8, 8)
     # the centre crop of a left/right split: left half white, right half black
     assert mask[..., :, :3].min() > 0.9 and mask[..., :, 5:].max() < 0.1
     Image.fromarray(left_half).convert("RGB").save(tmp_path / "other_aspect.png")
-    stretched = load_mask(tmp_path / "other_aspect.png", (30, 30), size=8)
+    stretched = load_mask(tmp_path / "other_aspect.png", (30, 30), 8, (8, 8))
     assert stretched[..., :, :3].min() > 0.9 and stretched[..., :, 5:].max() < 0.1
