@@ -21,7 +21,8 @@ def _photos(n=3, size=48):
 def test_ssim_matches_skimage_on_luminance():
     x = _photos(2, size=40)
     a, b = x[0:1], x[1:2]
-    noisy = (a + 0.05 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    g = torch.Generator().manual_seed(0)
+    noisy = (a + 0.05 * torch.randn(a.shape, generator=g)).clamp(0, 1)
     for other in (b, noisy):
         ya, yb = (luminance(t.double())[0, 0].numpy() for t in (a, other))
         want = structural_similarity(ya, yb, data_range=1.0, gaussian_weights=True, sigma=1.5,
