@@ -140,10 +140,15 @@ def _deconv_block_setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, pre_norm, mean, rstd, scale, shift)
     ctx.has_bias = bias is not None
     ctx.args = (groups, activation, negative_slope, eps, backend)
+    # pre_norm, mean and rstd are saved for backward, never differentiated: without this,
+    # autograd fills an output-sized tensor of zeros for pre_norm's gradient every step
+    ctx.set_materialize_grads(False)
 
 
 def _deconv_block_grad(ctx, grad_y, _grad_pre_norm, _grad_mean, _grad_rstd):
     x, weight, pre_norm, mean, rstd, scale, shift = ctx.saved_tensors
+    if grad_y is None:  # only reachable by differentiating the raw op's internal outputs
+        grad_y = torch.zeros_like(pre_norm)
     grad_x, grad_weight, grad_bias, grad_scale, grad_shift = (
         torch.ops.fastvae.deconv_block_backward(
             grad_y, x, weight, pre_norm, mean, rstd, scale, shift, ctx.has_bias, *ctx.args))
