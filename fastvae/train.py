@@ -49,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(StyleVAEConfig):
         if f.name == "backend":
             continue
-        flag = "--" + f.name.replace("_", "-")
-        model.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        if isinstance(default, bool):
+            model.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            model.add_argument(flag, type=type(default), default=default)
     return p
 
 

@@ -27,6 +27,8 @@ def tiny_model(backend="reference", seed=0, **overrides) -> StyleVAE:
         for block in model.decoder.blocks:
             block.style.weight.normal_(0, 0.3)
             block.style.bias.normal_(0, 0.1)
+        if model.decoder.color is not None:
+            model.decoder.color.weight.normal_(0, 0.3)
     return model.eval()
 
 
@@ -39,11 +41,13 @@ def model():
 def images():
     g = torch.Generator().manual_seed(1)
     # smooth random images: noise upsampled, so they have structure at several scales
-    return torch.nn.functional.interpolate(torch.rand(3, 3, 8, 8, generator=g), size=32,
-                                           mode="bilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(torch.rand(3, 3, 8, 8, generator=g), size=32,
+                                        mode="bilinear", align_corners=False)
+    tint = torch.tensor([[1.0, 0.5, 0.2], [0.2, 1.0, 0.4], [0.5, 0.3, 1.0]])  # distinct colours
+    return x * tint[:, :, None, None]
 
 
-def close(a, b, tol=1e-5):
+def close(a, b, tol=1e-4):  # the Lab round trip of the colour head amplifies rounding
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
@@ -72,7 +76,7 @@ def test_forward_loss_terms_and_gradients(images):
     model = tiny_model().train()
     terms = model(images, step=3)
     expected = {"loss", "recon", "kl_content", "kl_style", "style", "structure",
-                "content_cycle", "style_cycle", "scale_nll"}
+                "content_cycle", "style_cycle", "scale_nll", "color"}
     assert set(terms) == expected
     assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
     terms["loss"].backward()
@@ -137,7 +141,8 @@ def test_mask_of_ones_is_stylize(model, images):
     close(model.mix(images, [a], masks=[zeros]), model.reconstruct(images))
 
 
-def test_masks_route_styles_to_regions(model, images):
+def test_masks_route_styles_to_regions(images):
+    model = tiny_model(color_head=False)  # the blocks' spatial AdaIN alone
     a, b = images.roll(1, 0), images.roll(2, 0)
     left = torch.zeros(1, 1, 32, 32)
     left[..., :16] = 1
@@ -148,6 +153,24 @@ def test_masks_route_styles_to_regions(model, images):
     err_b = (out[..., 22:] - sb[..., 22:]).abs().mean()
     cross = (out[..., :10] - sb[..., :10]).abs().mean()
     assert err_a < 0.2 * cross and err_b < 0.2 * (out[..., 22:] - sa[..., 22:]).abs().mean()
+
+
+def test_masks_route_colours_to_regions(images):
+    """The colour head matches each region's Lab moments to its own style's."""
+    from fastvae.model import lab_moments
+    model = tiny_model()
+    with torch.no_grad():  # in-gamut targets: L 50, a* +-20 by the sign of style dim 0
+        model.decoder.color.weight.zero_()
+        model.decoder.color.weight[1, 0] = 0.2
+        model.decoder.color.bias.copy_(torch.tensor([0.5, 0, 0, -2.3, -3.0, -3.0]))
+    za, zb = torch.zeros(1, 8), torch.zeros(1, 8)
+    za[0, 0], zb[0, 0] = 1, -1
+    left = torch.zeros(1, 1, 32, 32)
+    left[..., :16] = 1
+    out = model.mix(images, [za, zb], masks=[left, 1 - left])
+    got_a, got_b = lab_moments(out[..., :16])[:, :3], lab_moments(out[..., 16:])[:, :3]
+    torch.testing.assert_close(got_a, torch.tensor([[0.5, 0.2, 0]]).expand(3, 3), atol=0.01, rtol=0)
+    torch.testing.assert_close(got_b, torch.tensor([[0.5, -0.2, 0]]).expand(3, 3), atol=0.01, rtol=0)
 
 
 def test_sample(model, images):
@@ -293,7 +316,8 @@ def test_training_curve_native_matches_reference():
         pytest.skip(reason)
     ref, native = _curve("reference"), _curve("native")
     assert ref[-1] < ref[0], f"the loss did not fall: {ref}"
-    torch.testing.assert_close(torch.tensor(native), torch.tensor(ref), rtol=1e-3, atol=1e-4)
+    # float rounding differs between backends and grows over the steps: 2e-3 after 10
+    torch.testing.assert_close(torch.tensor(native), torch.tensor(ref), rtol=2e-3, atol=1e-4)
 
 
 def test_training_curve_triton_interpreted_matches_reference():
