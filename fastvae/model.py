@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from . import losses
 from .nn import DeconvBlock
 from .ops import reparam_kl
-from .style_stats import (EVAL_SEED, RandomFeatures, lab_to_rgb, rgb_to_lab, statistics_distance,
-                          style_statistics)
+from .style_stats import EVAL_SEED, RandomFeatures, statistics_distance, style_statistics
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # diffusers' clamp: exp() stays finite in float16/32
 MODEL_FILE = "model.safetensors"
@@ -52,8 +51,6 @@ class StyleVAEConfig:
     style_weight: float = 30.0    # swapped decoding vs the style image's statistics
     structure_weight: float = 1.0  # swapped decoding vs the content image's structure
     latent_weight: float = 1.0    # swapped decoding re-encodes to (content A, style B)
-    color_head: bool = True       # output Lab moments predicted from the style latent
-    color_weight: float = 1.0     # the colour head's prediction vs the image's Lab moments
     style_features_seed: int = 0  # RandomFeatures seed of the style loss (never the eval seed)
     backend: str = "auto"         # backend of every fused op
 
@@ -128,34 +125,18 @@ class StyleEncoder(nn.Module):
         self.convs = nn.ModuleList([
             _conv(3, widths[0]), _conv(widths[0], widths[1], 4, 2), _conv(widths[1], widths[2], 4, 2)])
         hidden = max(4 * c.style_dim, 64)
-        self.head = nn.Sequential(nn.Linear(2 * (3 + sum(widths)) + 6, hidden), nn.LeakyReLU(0.2),
+        self.head = nn.Sequential(nn.Linear(2 * (3 + sum(widths)), hidden), nn.LeakyReLU(0.2),
                                   nn.Linear(hidden, 2 * c.style_dim))
 
     def forward(self, x):  # (N,3,H,W) -> mu, logvar (N, S)
-        stats, h = [_mean_std(x), lab_moments(x)], x
+        stats, h = [_mean_std(x)], x
         for conv in self.convs:
             h = F.leaky_relu(conv(h), 0.2)
             stats.append(_mean_std(h))
         return self.head(torch.cat(stats, dim=1).to(x.dtype)).chunk(2, dim=1)
 
 
-def lab_moments(x: Tensor) -> Tensor:
-    """(N, 3, H, W) RGB -> (N, 6): the Lab channel means and log stds, Lab divided by 100."""
-    lab = rgb_to_lab(x.float()) / 100
-    std = (lab.var(dim=(2, 3), unbiased=False) + 1e-6).sqrt()
-    return torch.cat([lab.mean(dim=(2, 3)), std.log()], dim=1)
-
-
 class Decoder(nn.Module):
-    """Content latent -> image; the style enters only through `style_params(zs)`.
-
-    Those are, per DeconvBlock, its AdaIN (scale, shift) and, with the colour head, a
-    last (log std, mean) pair: the output's Lab channels are standardized and given the
-    moments the style latent predicts (AdaIN in Lab space, Reinhard-style colour
-    transfer from the latent). Masks route styles to regions through spatial block
-    pairs (N, C, h, w) at the resolutions `param_sizes` gives, and per-region colour.
-    """
-
     def __init__(self, c: StyleVAEConfig):
         super().__init__()
         low = c.channels(c.levels)
@@ -165,60 +146,20 @@ class Decoder(nn.Module):
                         style_dim=c.style_dim, backend=c.backend)
             for i in range(c.levels, 0, -1)])
         self.out = _conv(c.channels(0), 3)
-        self.color = nn.Linear(c.style_dim, 6) if c.color_head else None
-        if self.color is not None:  # start at a typical photo's moments, whatever the style
-            nn.init.zeros_(self.color.weight)
-            with torch.no_grad():
-                self.color.bias.copy_(torch.tensor([0.5, 0.0, 0.0, math.log(0.2), math.log(0.1),
-                                                    math.log(0.1)]))
 
-    def style_params(self, zs: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """(N, S) -> per block (1 + linear, linear) (N, Cout), then the colour (log std, mean) (N, 3)."""
+    def adain(self, zs: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per block (scale, shift), each (N, Cout): 1 + linear(zs) and linear(zs)."""
         params = []
         for block in self.blocks:
             scale, shift = block.style(zs).chunk(2, dim=1)
             params.append((scale + 1, shift))
-        if self.color is not None:
-            mean, log_std = self.color(zs).float().chunk(2, dim=1)
-            params.append((log_std, mean))
         return params
 
-    def param_sizes(self, latent_size) -> list[tuple[int, int]]:
-        """The (h, w) each block's AdaIN acts at, for a content latent of latent_size."""
-        h, w = latent_size
-        return [(h * 2**(i + 1), w * 2**(i + 1)) for i in range(len(self.blocks))]
-
-    def forward(self, zc: Tensor, params: Sequence[tuple[Tensor, Tensor]],
-                regions: Optional[Tensor] = None) -> Tensor:
-        """params: style_params' list. With `regions` (K, N, 1, H, W), soft masks summing to
-        one at every pixel, the colour pair is per region, (K, N, 3) each."""
+    def forward(self, zc: Tensor, params: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
         h = self.stem(zc)
         for block, (scale, shift) in zip(self.blocks, params):
             h = block.apply_block(h, scale, shift)
-        y = torch.sigmoid(self.out(h))
-        if self.color is None:
-            return y
-        log_std, mean = params[len(self.blocks)]
-        return _match_lab_moments(y, log_std, mean, regions).to(y.dtype)
-
-
-def _match_lab_moments(y: Tensor, log_std: Tensor, mean: Tensor,
-                       regions: Optional[Tensor] = None) -> Tensor:
-    """y's Lab channels standardized and given the target moments (Lab / 100 units).
-
-    log_std, mean: (N, 3); or (K, N, 3) with regions (K, N, 1, H, W): then the moments
-    are measured and replaced within each soft region, so each style rules its own.
-    """
-    lab = rgb_to_lab(y.float()) / 100                        # (N, 3, H, W)
-    if regions is None:
-        regions, log_std, mean = lab.new_ones(1, 1, 1, *lab.shape[-2:]), log_std[None], mean[None]
-    weights = regions / regions.sum(dim=(3, 4), keepdim=True).clamp_min(1e-8)
-    mu = (weights * lab).sum(dim=(3, 4), keepdim=True)       # (K, N, 3, 1, 1)
-    std = ((weights * (lab - mu).square()).sum(dim=(3, 4), keepdim=True) + 1e-6).sqrt()
-    target = ((lab - mu) / std * log_std.float().exp()[..., None, None]
-              + mean.float()[..., None, None])
-    # clamp like any 8-bit image; out-of-gamut colours get no gradient (as in Reinhard)
-    return lab_to_rgb((regions * target).sum(0) * 100).clamp(0, 1)
+        return torch.sigmoid(self.out(h))
 
 
 class StyleVAE(nn.Module):
@@ -270,7 +211,7 @@ class StyleVAE(nn.Module):
             raise ValueError(f"style_z must be (N, {self.config.style_dim}), got {tuple(style_z.shape)}")
         if style_z.shape[0] != content_z.shape[0]:
             raise ValueError(f"content_z has batch {content_z.shape[0]} but style_z has {style_z.shape[0]}")
-        return self.decoder(content_z, self.decoder.style_params(style_z))
+        return self.decoder(content_z, self.decoder.adain(style_z))
 
     # ------------------------------------------------------------------ training loss
 
@@ -308,15 +249,9 @@ class StyleVAE(nn.Module):
 
         loss = (elbo_term + scale_nll + c.style_weight * style + c.structure_weight * structure
                 + c.latent_weight * (content_cycle + style_cycle))
-        terms = {"loss": loss, "recon": mse, "kl_content": kl_c_img, "kl_style": kl_s_img,
-                 "style": style, "structure": structure, "content_cycle": content_cycle,
-                 "style_cycle": style_cycle, "scale_nll": scale_nll}
-        if self.decoder.color is not None:
-            # the colour head learns the Lab moments straight from each image's own
-            color = (self.decoder.color(zs).float() - lab_moments(x)).square().mean()
-            terms["color"] = color
-            terms["loss"] = loss + c.color_weight * color
-        return terms
+        return {"loss": loss, "recon": mse, "kl_content": kl_c_img, "kl_style": kl_s_img,
+                "style": style, "structure": structure, "content_cycle": content_cycle,
+                "style_cycle": style_cycle, "scale_nll": scale_nll}
 
     # ------------------------------------------------------------------ inference
 
@@ -393,21 +328,19 @@ class StyleVAE(nn.Module):
         covered = masks.sum(0, keepdim=True)
         rest = (1 - covered).clamp_min(0)  # the content's own style fills what masks leave
         masks = torch.cat([masks, rest]) / (covered + rest).clamp_min(1e-8)
-        per_style = [self.decoder.style_params(z) for z in zs + [own]]  # K+1 lists of pairs
-        mixed = []
-        for j, size in enumerate(self.decoder.param_sizes(c_mu.shape[-2:])):
+        per_style = [self.decoder.adain(z) for z in zs + [own]]  # K+1 lists of (scale, shift)
+        own_params = per_style[-1]
+        h = self.decoder.stem(c_mu)
+        for b, block in enumerate(self.decoder.blocks):
+            size = (2 * h.shape[2], 2 * h.shape[3])
             m = F.interpolate(masks.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
             m = m.view(len(per_style), n, 1, *size)
-            pair = []
-            for t in range(2):  # spatial AdaIN (N, Cout, h, w): each style where its mask is
-                spatial = sum(m[k] * p[j][t][:, :, None, None] for k, p in enumerate(per_style))
-                pair.append((1 - alpha) * per_style[-1][j][t][:, :, None, None] + alpha * spatial)
-            mixed.append(tuple(pair))
-        if self.decoder.color is not None:  # per region: (K+1, N, 3) each
-            j = len(self.decoder.blocks)
-            mixed.append(tuple(torch.stack([(1 - alpha) * per_style[-1][j][t] + alpha * p[j][t]
-                                            for p in per_style]) for t in range(2)))
-        return self.decoder(c_mu, mixed, regions=masks)
+            scale = sum(m[k] * p[b][0][:, :, None, None] for k, p in enumerate(per_style))
+            shift = sum(m[k] * p[b][1][:, :, None, None] for k, p in enumerate(per_style))
+            scale = (1 - alpha) * own_params[b][0][:, :, None, None] + alpha * scale
+            shift = (1 - alpha) * own_params[b][1][:, :, None, None] + alpha * shift
+            h = block.apply_block(h, scale, shift)  # spatial AdaIN: (N, Cout, 2h, 2w)
+        return torch.sigmoid(self.decoder.out(h))
 
     @staticmethod
     def _weights(weights, k: int, normalize: bool) -> list[float]:

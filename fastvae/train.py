@@ -166,30 +166,33 @@ def sample_grid(model: StyleVAE, images: torch.Tensor) -> torch.Tensor:
 
 
 def draw_loss_curve(history: dict, path: str, size=(640, 360)) -> None:
-    """The total loss per step (thin) and its running mean (thick) on a log axis, with PIL."""
+    """The total loss per step (thin, clipped to the box) and its running mean (thick), with
+    PIL. The axis is linear (the loss can be negative: it holds a likelihood term) and spans
+    the running mean, so the first steps' spikes do not flatten the rest."""
     from PIL import Image, ImageDraw
-    losses = [v for v in history.get("loss", []) if math.isfinite(v) and v > 0]
+    losses = [v for v in history.get("loss", []) if math.isfinite(v)]
     w, h = size
     left, right, top, bottom = 60, 15, 25, 30
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    draw.text((left, 6), f"loss (log scale), {len(losses)} steps", fill="black")
+    draw.text((left, 6), f"training loss, {len(losses)} steps (running mean thick)", fill="black")
     if len(losses) >= 2:
-        lo, hi = math.log10(min(losses)), math.log10(max(losses))
-        hi = hi if hi > lo else lo + 1
-
-        def point(i, v):
-            x = left + (w - left - right) * i / (len(losses) - 1)
-            y = top + (h - top - bottom) * (hi - math.log10(v)) / (hi - lo)
-            return x, y
-
-        draw.line([point(i, v) for i, v in enumerate(losses)], fill=(150, 180, 230), width=1)
         k = max(1, len(losses) // 50)  # running mean over ~2% of the run
         smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
                   for i in range(len(losses))]
+        lo, hi = min(smooth), max(smooth)
+        pad = 0.05 * (hi - lo) if hi > lo else 1.0
+        lo, hi = lo - pad, hi + pad
+
+        def point(i, v):
+            x = left + (w - left - right) * i / (len(losses) - 1)
+            y = top + (h - top - bottom) * (hi - min(max(v, lo), hi)) / (hi - lo)
+            return x, y
+
+        draw.line([point(i, v) for i, v in enumerate(losses)], fill=(170, 195, 235), width=1)
         draw.line([point(i, v) for i, v in enumerate(smooth)], fill=(20, 60, 160), width=2)
-        for v in (10**hi, 10**((hi + lo) / 2), 10**lo):
+        for v in (hi, (hi + lo) / 2, lo):
             draw.text((4, point(0, v)[1] - 6), f"{v:.3g}", fill="black")
         draw.text((left, h - bottom + 8), "0", fill="black")
         draw.text((w - right - 40, h - bottom + 8), str(len(losses)), fill="black")
@@ -264,8 +267,11 @@ def _train(args, rank, world, device) -> int:
     grid_images = dataset.all()[:SAMPLE_IMAGES].to(device)
     net = model
     if world > 1:
+        # no running statistics anywhere (the random features are fixed), so no buffers
+        # need broadcasting each step
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def write_files(final=False):

@@ -27,8 +27,6 @@ def tiny_model(backend="reference", seed=0, **overrides) -> StyleVAE:
         for block in model.decoder.blocks:
             block.style.weight.normal_(0, 0.3)
             block.style.bias.normal_(0, 0.1)
-        if model.decoder.color is not None:
-            model.decoder.color.weight.normal_(0, 0.3)
     return model.eval()
 
 
@@ -47,7 +45,7 @@ def images():
     return x * tint[:, :, None, None]
 
 
-def close(a, b, tol=1e-4):  # the Lab round trip of the colour head amplifies rounding
+def close(a, b, tol=1e-5):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
@@ -76,7 +74,7 @@ def test_forward_loss_terms_and_gradients(images):
     model = tiny_model().train()
     terms = model(images, step=3)
     expected = {"loss", "recon", "kl_content", "kl_style", "style", "structure",
-                "content_cycle", "style_cycle", "scale_nll", "color"}
+                "content_cycle", "style_cycle", "scale_nll"}
     assert set(terms) == expected
     assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
     terms["loss"].backward()
@@ -142,7 +140,7 @@ def test_mask_of_ones_is_stylize(model, images):
 
 
 def test_masks_route_styles_to_regions(images):
-    model = tiny_model(color_head=False)  # the blocks' spatial AdaIN alone
+    model = tiny_model()
     a, b = images.roll(1, 0), images.roll(2, 0)
     left = torch.zeros(1, 1, 32, 32)
     left[..., :16] = 1
@@ -153,24 +151,6 @@ def test_masks_route_styles_to_regions(images):
     err_b = (out[..., 22:] - sb[..., 22:]).abs().mean()
     cross = (out[..., :10] - sb[..., :10]).abs().mean()
     assert err_a < 0.2 * cross and err_b < 0.2 * (out[..., 22:] - sa[..., 22:]).abs().mean()
-
-
-def test_masks_route_colours_to_regions(images):
-    """The colour head matches each region's Lab moments to its own style's."""
-    from fastvae.model import lab_moments
-    model = tiny_model()
-    with torch.no_grad():  # in-gamut targets: L 50, a* +-20 by the sign of style dim 0
-        model.decoder.color.weight.zero_()
-        model.decoder.color.weight[1, 0] = 0.2
-        model.decoder.color.bias.copy_(torch.tensor([0.5, 0, 0, -2.3, -3.0, -3.0]))
-    za, zb = torch.zeros(1, 8), torch.zeros(1, 8)
-    za[0, 0], zb[0, 0] = 1, -1
-    left = torch.zeros(1, 1, 32, 32)
-    left[..., :16] = 1
-    out = model.mix(images, [za, zb], masks=[left, 1 - left])
-    got_a, got_b = lab_moments(out[..., :16])[:, :3], lab_moments(out[..., 16:])[:, :3]
-    torch.testing.assert_close(got_a, torch.tensor([[0.5, 0.2, 0]]).expand(3, 3), atol=0.01, rtol=0)
-    torch.testing.assert_close(got_b, torch.tensor([[0.5, -0.2, 0]]).expand(3, 3), atol=0.01, rtol=0)
 
 
 def test_sample(model, images):
