@@ -39,7 +39,7 @@ FORMAT = "fastvae.StyleVAE/1"
 class StyleVAEConfig:
     image_size: int = 64          # training resolution (64..256); any multiple of the
                                   # downsampling factor works at inference
-    base_channels: int = 24       # width at full resolution, doubled per halving (max 8x)
+    base_channels: int = 16       # width at full resolution, doubled per halving (max 8x)
     content_channels: int = 8     # channels of the spatial content latent
     content_downsample: int = 4   # content latent at 1/4 resolution: keeps the structure
     style_dim: int = 32           # size of the style vector
@@ -48,7 +48,7 @@ class StyleVAEConfig:
     kl_warmup_steps: int = 200    # both betas ramp from 0 over these steps
     free_bits: float = 0.0        # nats per latent dim each channel may use for free (0: off)
     recon_scale: float = 0.1      # the Gaussian sigma the training loss assumes: MSE / (2 s^2)
-    style_weight: float = 30.0    # swapped decoding vs the style image's statistics
+    style_weight: float = 100.0   # swapped decoding vs the style image's statistics
     structure_weight: float = 1.0  # swapped decoding vs the content image's structure
     latent_weight: float = 1.0    # swapped decoding re-encodes to (content A, style B)
     style_features_seed: int = 0  # RandomFeatures seed of the style loss (never the eval seed)

@@ -26,13 +26,17 @@ CURVE_FILE = "loss_curve.png"
 SAMPLE_IMAGES = 4  # content rows and style columns of the sample grid
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module doc as written, and every option's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastvae train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("images", nargs="?", metavar="IMAGE_DIR",
-                   help="a folder of images (default: the scikit-image demo images)")
+                   help="a folder of images; none: the scikit-image demo images")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder")
-    p.add_argument("--steps", type=int, default=1500, help="total optimizer steps")
+    p.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
     p.add_argument("--batch-size", type=int, default=16, help="images per step per process")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
@@ -53,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             model.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            model.add_argument(flag, type=type(default), default=default)
+            model.add_argument(flag, type=type(default), default=default,
+                               help=f"StyleVAEConfig.{f.name}")
     return p
 
 
