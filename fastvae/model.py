@@ -40,10 +40,10 @@ class StyleVAEConfig:
     image_size: int = 64          # training resolution (64..256); any multiple of the
                                   # downsampling factor works at inference
     base_channels: int = 16       # width at full resolution, doubled per halving (max 8x)
-    content_channels: int = 8     # channels of the spatial content latent
+    content_channels: int = 16    # channels of the spatial content latent
     content_downsample: int = 4   # content latent at 1/4 resolution: keeps the structure
     style_dim: int = 32           # size of the style vector
-    beta_content: float = 0.1     # KL weight of the content latent (low: it must carry detail)
+    beta_content: float = 0.02    # KL weight of the content latent (low: it must carry detail)
     beta_style: float = 1.0       # KL weight of the style latent
     kl_warmup_steps: int = 200    # both betas ramp from 0 over these steps
     free_bits: float = 0.0        # nats per latent dim each channel may use for free (0: off)
