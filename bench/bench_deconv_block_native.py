@@ -5,6 +5,8 @@
 One group per decoder shape (batch 8), every entry forward + backward with a random
 upstream gradient, all in channels_last (oneDNN's fast layout here):
   conv        bare conv_transpose2d with bias: the floor the block is held to (<= 1.10x)
+  conv_nobias the same without bias: the ATen work inside native (which sums grad_bias
+              itself), so native - conv_nobias is the native epilogue alone
   eager       ConvTranspose2d + GroupNorm(32) + LeakyReLU(0.2)
   compile     torch.compile of that eager block
   native      fastvae.deconv_block(backend="native"), same math
@@ -32,7 +34,7 @@ SHAPES = {  # name -> (N, Cin, H, W, Cout); output (N, Cout, 2H, 2W)
     "128->64@32": (8, 128, 32, 32, 64),
     "64->32@64": (8, 64, 64, 64, 32),
 }
-ENTRIES = ("copy", "conv", "eager", "compile", "native", "epi_eager")
+ENTRIES = ("copy", "conv", "conv_nobias", "eager", "compile", "native", "epi_eager")
 GROUPS = 32
 EPILOGUE_PASSES = 8  # native: fwd stats read, normalize read+write; bwd 2 x (read gy, h) + write
 
@@ -54,6 +56,9 @@ def runner(entry, x, conv, grad_y):
     params = [x, conv.weight, conv.bias]
     if entry == "conv":
         fn = lambda: conv(x)  # noqa: E731
+    elif entry == "conv_nobias":
+        params = [x, conv.weight]
+        fn = lambda: F.conv_transpose2d(x, conv.weight, None, 2, 1)  # noqa: E731
     elif entry in ("eager", "compile"):
         block = nn.Sequential(conv, nn.GroupNorm(GROUPS, conv.out_channels), nn.LeakyReLU(0.2))
         block = block.to(memory_format=CL)
@@ -146,7 +151,7 @@ def write_summary(reporter):
             for other in ("eager", "compile"):
                 if (name, other) in r:
                     line(f"  {name:12s} native vs {other}: {r[(name, other)] / t:.2f}x")
-            epi = t - c
+            epi = t - r.get((name, "conv_nobias"), c)
             if (name, "copy") in r and epi > 0:
                 copy_bw = 2 * out_bytes / r[(name, "copy")]
                 bw = EPILOGUE_PASSES * out_bytes / epi
