@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: the structure term works on brightness
+from .metrics import luminance  # BT.601 luma: the structure term works on brightness
+
 
 
 def gaussian_nll(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
@@ -71,9 +72,7 @@ def free_bits(kl_per_group: Tensor, nats_per_dim: float, dims_per_group: int) ->
 
 def _standardized_luma(x: Tensor) -> Tensor:
     """(N, 3, H, W) -> (N, 1, H, W) brightness with zero mean, unit std per image."""
-    weights = x.new_tensor(LUMA).view(1, 3, 1, 1)
-    y = (x.float() * weights).sum(1, keepdim=True)
-    return _restandardize(y)
+    return _restandardize(luminance(x.float()))
 
 
 def structure_loss(output: Tensor, content: Tensor, scales: int = 3) -> Tensor:

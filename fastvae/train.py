@@ -201,15 +201,18 @@ def draw_loss_curve(history: dict, path: str, size=(640, 360)) -> None:
             draw.text((4, point(0, v)[1] - 6), f"{v:.3g}", fill="black")
         draw.text((left, h - bottom + 8), "0", fill="black")
         draw.text((w - right - 40, h - bottom + 8), str(len(losses)), fill="black")
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    _write_atomically(path, img.save)
 
 
 def _save_png(t: torch.Tensor, path: str) -> None:
     from .data import save_image
+    _write_atomically(path, lambda tmp: save_image(t, tmp))
+
+
+def _write_atomically(path: str, write) -> None:
+    """write(tmp) then rename over `path`: a crash never leaves a half-written PNG."""
     tmp = path + ".tmp.png"
-    save_image(t, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
