@@ -73,7 +73,9 @@ def activate(a: Tensor, activation: str, negative_slope: float) -> Tensor:
 def activate_grad(a: Tensor, activation: str, negative_slope: float) -> Tensor:
     """d act(a) / da."""
     if activation == "leaky_relu":
-        return torch.where(a > 0, 1.0, negative_slope).to(a.dtype)
+        # in a's dtype from the start: torch.where of two Python floats is float32, which
+        # rounded the slope (0.2) and so float64 gradients to 1e-8
+        return torch.full_like(a, negative_slope).masked_fill_(a > 0, 1.0)
     if activation == "relu":
         return (a > 0).to(a.dtype)
     if activation == "silu":

@@ -21,7 +21,8 @@ TOLERANCES = {
     torch.float16: dict(rtol=1e-2, atol=1e-2),
     torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
 }
-LOW_PRECISION_FLOOR = {torch.float16: 2**-11, torch.bfloat16: 2**-8}  # one ulp at 1.0
+LOW_PRECISION_FLOOR = {torch.float16: 2**-11, torch.bfloat16: 2**-8,  # one ulp at 1.0
+                       torch.float32: 2**-24}
 BACKENDS = ("reference", "native", "triton")
 
 
@@ -50,20 +51,26 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
-def assert_close_to_reference(out, ref_low, ref_fp32, dtype, name="output"):
+def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output"):
     """`out` against the reference.
 
     float32/float64: torch.testing.assert_close with TOLERANCES. float16/bfloat16: the
-    kernel's max error against the float32 reference is at most twice plain PyTorch's
-    max error in that dtype (ref_low) plus a small floor (flash-attention's rule).
+    kernel's max error against the higher-precision reference is at most twice plain
+    PyTorch's max error in that dtype (ref_low) plus a small floor (flash-attention's rule).
+    float32 given a float64 ref_high: a long reduction (a weight gradient over a thousand
+    pixels) can leave TOLERANCES with either side's rounding; then that rule decides.
     """
     if dtype in (torch.float32, torch.float64):
-        torch.testing.assert_close(out, ref_low, **TOLERANCES[dtype], msg=lambda m: f"{name}: {m}")
-        return
-    ref = ref_fp32.float()
-    err = (out.float() - ref).abs().max().item()
-    base = (ref_low.float() - ref).abs().max().item()
+        try:
+            torch.testing.assert_close(out, ref_low, **TOLERANCES[dtype], msg=lambda m: f"{name}: {m}")
+            return
+        except AssertionError:
+            if dtype == torch.float64 or ref_high.dtype != torch.float64:
+                raise
+    ref = ref_high.to(torch.float64 if ref_high.dtype == torch.float64 else torch.float32)
+    err = (out.to(ref.dtype) - ref).abs().max().item()
+    base = (ref_low.to(ref.dtype) - ref).abs().max().item()
     scale = max(1.0, ref.abs().max().item())
     bound = 2 * base + LOW_PRECISION_FLOOR[dtype] * scale
     assert err <= bound, f"{name}: {dtype} error {err:.3g} > bound {bound:.3g} (torch's own {base:.3g})"
-    assert torch.isfinite(out).all() == torch.isfinite(ref_fp32).all(), f"{name}: non-finite mismatch"
+    assert torch.isfinite(out).all() == torch.isfinite(ref_high).all(), f"{name}: non-finite mismatch"

@@ -30,7 +30,8 @@ def compare(dtype, norm, affine, activation, layout, n=2, cin=5, cout=8, h=5, w=
     grad_y = torch.randn(n, cout, 2 * h, 2 * w)
     out = run("native", x, weight, bias, kwargs, grad_y)
     ref_low = run("reference", x, weight, bias, kwargs, grad_y)
-    ref_hi = run("reference", x, weight, bias, kwargs, grad_y, dtype=torch.float32)
+    hi = torch.float64 if dtype == torch.float32 else torch.float32
+    ref_hi = run("reference", x, weight, bias, kwargs, grad_y, dtype=hi)
     assert set(out) == set(ref_low)
     for name in ref_low:
         assert out[name].dtype == ref_low[name].dtype, name
@@ -64,10 +65,31 @@ def test_low_precision(norm, affine, activation, dtype, layout):
     (1, 3, 4, 7, 1, 4),      # batch 1, groups of one channel, a 1-wide input
     (3, 2, 1, 1, 9, 1),      # one output channel, 1-high input
     (2, 16, 24, 9, 11, 6),   # NHWC runs longer than a vector, several pixel blocks
+    (2, 6, 8, 13, 40, 4),    # channels_last backward GEMM: 3 row blocks per sample, the last short
 ])
 def test_odd_shapes(n, cin, cout, h, w, groups, layout):
     compare(torch.float32, "group", "spatial", "silu", layout, n=n, cin=cin, cout=cout, h=h, w=w,
             groups=groups)
+
+
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+def test_channels_last_weight_gradients(weight_layout):
+    """The channels_last GEMM backward (csrc/cpu/conv_transpose_nhwc.cpp) in float64 against
+    the reference, with several row blocks per sample; grad_weight keeps weight's layout."""
+    x, weight, bias, kwargs = make_args(n=3, cin=7, cout=6, h=11, w=30, groups=3,
+                                        dtype=torch.float64, layout="channels_last")
+    if weight_layout == "channels_last":
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    grad_y = torch.randn(3, 6, 22, 60, dtype=torch.float64)
+    out = run("native", x, weight, bias, kwargs, grad_y)
+    ref = run("reference", x, weight, bias, kwargs, grad_y)
+    for name in ref:
+        torch.testing.assert_close(out[name], ref[name], rtol=1e-9, atol=1e-9,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    leaf = weight.detach().requires_grad_()
+    y = fastvae.deconv_block(x, leaf, bias, backend="native", **kwargs)
+    y.backward(grad_y)
+    assert leaf.grad.stride() == weight.stride()
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

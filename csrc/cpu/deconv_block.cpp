@@ -5,8 +5,9 @@
 // format, then one pass of per-(sample, group) statistics (chunked two-pass moments merged
 // with Chan's formula) and one pass of normalize + affine/AdaIN + activation into y.
 // Backward: one pass recomputing n from pre_norm and the saved statistics that yields
-// grad_scale/grad_shift and the group sums, a second pass writing grad_pre_norm, then
-// convolution_backward for x, weight and bias. The per-element math is
+// grad_scale/grad_shift, grad_bias and the group sums, a second pass writing grad_pre_norm,
+// then the convolution's backward for x and weight (csrc/cpu/conv_transpose_nhwc.cpp on
+// channels_last float32/float64, ATen's convolution_backward otherwise). The per-element math is
 // csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
 //
 // Layouts: pre_norm is dense NCHW (a (sample, channel) plane is a contiguous run of H*W)
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "common/deconv_epilogue.h"
+#include "cpu/conv_transpose_nhwc.h"
 
 namespace fastvae {
 namespace {
@@ -276,16 +278,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
 // --------------------------------------------------------------------------- backward
 
 // Per-(sample, channel) sums the backward needs.
+constexpr int64_t kSums = 5;
 template <typename acc_t>
 struct Sums {
   acc_t g_a = 0;      // grad_shift (per channel)
   acc_t g_a_n = 0;    // grad_scale (per channel)
   acc_t g_n = 0;      // group mean of g_n
   acc_t g_n_n = 0;    // group mean of g_n * n
+  acc_t n = 0;        // sum of n: with the two above, grad_bias without another pass
 };
 
 // Pass 1 over one run: accumulates the sums (kVec: per element of the run, in `acc` laid
-// out [4][len]; else one each); writes the spatial grad_scale/grad_shift terms (kGS, kGT)
+// out [5][len]; else one each); writes the spatial grad_scale/grad_shift terms (kGS, kGT)
 // and grad_h directly when there is no norm (kWriteGh).
 template <Activation A, int kStat, int kScale, int kShift, bool kGS, bool kGT, bool kWriteGh,
           typename scalar_t, typename acc_t>
@@ -293,8 +297,8 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
                          const acc_t* rstd, const acc_t* scale, const acc_t* shift, acc_t slope,
                          acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, acc_t* acc) {
   constexpr bool kVec = kStat == 1;  // NHWC: one set of sums per channel
-  acc_t s_ga = 0, s_gan = 0, s_gn = 0, s_gnn = 0;
-#pragma omp simd reduction(+ : s_ga, s_gan, s_gn, s_gnn)
+  acc_t s_ga = 0, s_gan = 0, s_gn = 0, s_gnn = 0, s_n = 0;
+#pragma omp simd reduction(+ : s_ga, s_gan, s_gn, s_gnn, s_n)
   for (int64_t i = 0; i < len; ++i) {
     const acc_t sc = scale[i * kScale];
     const auto t = deconv::backward_terms<acc_t>(static_cast<acc_t>(gy[i]), static_cast<acc_t>(h[i]),
@@ -309,11 +313,13 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
       acc[len + i] += t.g_a * t.n;
       acc[2 * len + i] += g_n;
       acc[3 * len + i] += g_n * t.n;
+      acc[4 * len + i] += t.n;
     } else {
       s_ga += t.g_a;
       s_gan += t.g_a * t.n;
       s_gn += g_n;
       s_gnn += g_n * t.n;
+      s_n += t.n;
     }
   }
   if constexpr (!kVec) {
@@ -321,6 +327,7 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
     acc[1] += s_gan;
     acc[2] += s_gn;
     acc[3] += s_gnn;
+    acc[4] += s_n;
   }
 }
 
@@ -357,7 +364,7 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
                        int64_t groups, const acc_t* mean, const acc_t* rstd,
                        const Affine<acc_t>& scale, const Affine<acc_t>& shift, Activation act,
                        acc_t slope, std::vector<Sums<acc_t>>& sums, at::Tensor& gscale_full,
-                       at::Tensor& gshift_full) {
+                       at::Tensor& gshift_full, std::vector<acc_t>& grad_bias) {
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
   const scalar_t* gy = gy_t.data_ptr<scalar_t>();
   const scalar_t* h = pre.data_ptr<scalar_t>();
@@ -369,7 +376,7 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
   const bool ss = scale.spatial(), ts = shift.spatial();
   const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
   // NHWC: one Sums vector of length c per (n, pixel block), reduced below
-  std::vector<acc_t> part(nhwc ? n * blocks * 4 * c : 0);  // [task][4][c]
+  std::vector<acc_t> part(nhwc ? n * blocks * kSums * c : 0);  // [task][kSums][c]
   sums.assign(n * c, Sums<acc_t>{});
   dispatch_activation(act, [&](auto a) {
     constexpr Activation A = decltype(a)::value;
@@ -387,7 +394,7 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
                 backward_run<A, 1, 1, 1, GS, GT, W>(
                     gy + off, h + off, c, mean + i * c, rstd + i * c, GS ? s + off : s + i * c,
                     GT ? t + off : t + i * c, slope, gsf + (GS ? off : 0),
-                    gtf + (GT ? off : 0), gh + off, part.data() + task * 4 * c);
+                    gtf + (GT ? off : 0), gh + off, part.data() + task * kSums * c);
               }
             }
           });
@@ -395,9 +402,10 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
         for (int64_t i = 0; i < n; ++i)
           for (int64_t b = 0; b < blocks; ++b)
             for (int64_t j = 0; j < c; ++j) {
-              const acc_t* p = part.data() + (i * blocks + b) * 4 * c + j;
+              const acc_t* p = part.data() + (i * blocks + b) * kSums * c + j;
               auto& q = sums[i * c + j];
               q.g_a += p[0]; q.g_a_n += p[c]; q.g_n += p[2 * c]; q.g_n_n += p[3 * c];
+              q.n += p[4 * c];
             }
         return;
       }
@@ -406,18 +414,21 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
         at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
           for (int64_t plane = begin; plane < end; ++plane) {
             const int64_t off = plane * hw;
-            acc_t four[4] = {0, 0, 0, 0};
+            acc_t part[kSums] = {0, 0, 0, 0, 0};
             backward_run<A, 0, KS, KT, KS == 1, KT == 1, W>(
                 gy + off, h + off, hw, mean + plane, rstd + plane, KS ? s + off : s + plane,
                 KT ? t + off : t + plane, slope, gsf + (KS ? off : 0), gtf + (KT ? off : 0),
-                gh + off, four);
-            sums[plane] = Sums<acc_t>{four[0], four[1], four[2], four[3]};
+                gh + off, part);
+            sums[plane] = Sums<acc_t>{part[0], part[1], part[2], part[3], part[4]};
           }
         });
       });
     };
-    if (groups == 0) {
+    grad_bias.assign(c, 0);
+    if (groups == 0) {  // grad_h = g_n
       pass1(std::true_type{});
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < c; ++j) grad_bias[j] += sums[i * c + j].g_n;
       return;
     }
     pass1(std::false_type{});
@@ -436,6 +447,12 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
           cm[i * c + j] = a1 / count;
           cn[i * c + j] = a2 / count;
         }
+      }
+    // grad_bias = the sum of grad_h over each channel, from the sums of its terms
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < c; ++j) {
+        const int64_t k = i * c + j;
+        grad_bias[j] += rstd[k] * (sums[k].g_n - hw * cm[k] - cn[k] * sums[k].n);
       }
     if (nhwc) {
       at::parallel_for(0, n * hw, 256, [&](int64_t begin, int64_t end) {
@@ -493,7 +510,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   const int64_t n = pre.size(0), c = pre.size(1);
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast && c > 1;
   at::Tensor gh = at::empty_like(pre);
-  at::Tensor grad_scale, grad_shift;
+  at::Tensor grad_scale, grad_shift, grad_bias;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_bwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     const auto acc_opts = pre.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
@@ -508,20 +525,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
     if (s.spatial()) gsf = at::empty_like(s.full);
     if (t.spatial()) gtf = at::empty_like(t.full);
     std::vector<Sums<acc_t>> sums;
+    std::vector<acc_t> gb;
     epilogue_backward<scalar_t, acc_t>(gy, pre, gh, nhwc, groups, mean_c.data(), rstd_c.data(),
-                                       s, t, act, static_cast<acc_t>(negative_slope), sums, gsf, gtf);
+                                       s, t, act, static_cast<acc_t>(negative_slope), sums, gsf,
+                                       gtf, gb);
     grad_scale = affine_grad<acc_t>(scale, sums, true, gsf, n, c, acc_opts);
     grad_shift = affine_grad<acc_t>(shift, sums, false, gtf, n, c, acc_opts);
+    // grad_bias comes from the epilogue's sums, not from the convolution's backward (oneDNN
+    // sums it with a scalar reference kernel, 10-20% of its whole backward here)
+    if (has_bias) grad_bias = at::tensor(gb, acc_opts).to(x.scalar_type());
   });
-  // grad_bias is ours: oneDNN computes it with a reference (scalar) kernel that costs 10-20%
-  // of the whole convolution backward here; a vectorized sum over gh takes 1-3% of it.
-  auto grads = at::convolution_backward(gh, x.contiguous(fmt), weight, at::OptionalIntArrayRef(),
-                                        {2, 2}, {1, 1}, {1, 1}, true, {0, 0}, 1,
-                                        {true, true, false});
-  at::Tensor grad_bias = has_bias ? at::sum(gh, {0, 2, 3}, false, at::toOpMathType(x.scalar_type()))
-                                        .to(x.scalar_type())
-                                  : at::empty({0}, x.options());
-  return {std::get<0>(grads), std::get<1>(grads), grad_bias, grad_scale, grad_shift};
+  if (!has_bias) grad_bias = at::empty({0}, x.options());
+  const at::Tensor xc = x.contiguous(fmt);
+  at::Tensor grad_x, grad_weight;
+  if (cpu::conv_transpose_nhwc_supported(xc, weight)) {
+    std::tie(grad_x, grad_weight) = cpu::conv_transpose_nhwc_backward(gh, xc, weight);
+  } else {
+    std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
+        gh, xc, weight, at::OptionalIntArrayRef(), {2, 2}, {1, 1}, {1, 1}, true, {0, 0}, 1,
+        {true, true, false});
+  }
+  return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
 }
 
 }  // namespace
