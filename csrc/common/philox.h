@@ -3,8 +3,9 @@
 // Exactly the arithmetic of fastvae/philox.py (the ground truth, checked against Triton):
 // Philox4x32-10 with counter (i_lo, i_hi, 0, 0) and key (seed_lo, seed_hi), the first two
 // outputs mapped to uniforms as Triton's uint_to_uniform_float, then the Box-Muller cosine
-// branch, all in float32. log and cos are written out here (branch-free polynomials,
-// Cephes coefficients, about 1 ulp on the ranges used) rather than taken from libm, so that:
+// branch, all in float32. log and cos are written out here (branch-free polynomials: Cephes'
+// logf, a Taylor cosine of 2 pi u reduced in u; about 1 ulp on the ranges used) rather than
+// taken from libm, so that:
 //   - the CPU lane loops auto-vectorize (no libm calls in the loop body), and
 //   - nvcc's --use_fast_math cannot swap in its low-accuracy __logf/__cosf,
 // which makes the CPU tests check the very arithmetic the CUDA kernels run.
@@ -63,37 +64,52 @@ FASTVAE_HD void mul_hilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = static_cast<uint32_t>(p);
 }
 
-// The ten Philox4x32 rounds on counter (c0, c1, c2, c3) with key (k0, k1). U is uint32_t,
-// or a CPU SIMD word providing mul_hilo and operator^ (found by argument-dependent lookup),
-// so CPU lanes and CUDA threads run this very function.
+// One Philox4x32 round on counter (c0, c1, c2, c3) with key (k0, k1). U is uint32_t, or a
+// CPU SIMD word providing mul_hilo and operator^ (found by argument-dependent lookup), so
+// CPU lanes and CUDA threads run these very functions.
 template <class U>
-FASTVAE_HD void philox_rounds(U& c0, U& c1, U& c2, U& c3, uint32_t k0, uint32_t k1) {
+FASTVAE_HD void philox_round(U& c0, U& c1, U& c2, U& c3, uint32_t k0, uint32_t k1) {
+  U hi_b, lo_b, hi_a, lo_a;
+  mul_hilo(kPhiloxRoundB, c2, hi_b, lo_b);
+  mul_hilo(kPhiloxRoundA, c0, hi_a, lo_a);
+  c0 = hi_b ^ c1 ^ k0;
+  c1 = lo_b;
+  c2 = hi_a ^ c3 ^ k1;
+  c3 = lo_a;
+}
+
+// The first two output words of Philox4x32-10 for counter (c0, c1, 0, 0) and key (k0, k1),
+// left in c0 and c1: the ten rounds, less two of their twenty products that cannot change
+// these words (round 1 multiplies c2 = 0; round 10's product of c0 only feeds words 2, 3).
+template <class U>
+FASTVAE_HD void philox_first_two(U& c0, U& c1, uint32_t k0, uint32_t k1) {
+  U c2, c3;
+  mul_hilo(kPhiloxRoundA, c0, c2, c3);  // round 1: (hi_a, lo_a)
+  c2 = c2 ^ k1;                         // hi_a ^ c3 ^ k1 with c3 = 0
+  c0 = c1 ^ k0;                         // hi_b ^ c1 ^ k0 with hi_b = 0
+  c1 = c1 ^ c1;                         // lo_b = 0 (U need not convert from an integer)
 #ifdef __CUDACC__
 #pragma unroll
 #else
-#pragma GCC unroll 10
+#pragma GCC unroll 8
 #endif
-  for (int r = 0; r < kPhiloxRounds; ++r) {
-    U hi_b, lo_b, hi_a, lo_a;
-    mul_hilo(kPhiloxRoundB, c2, hi_b, lo_b);
-    mul_hilo(kPhiloxRoundA, c0, hi_a, lo_a);
-    c0 = hi_b ^ c1 ^ k0;
-    c1 = lo_b;
-    c2 = hi_a ^ c3 ^ k1;
-    c3 = lo_a;
+  for (int r = 1; r < kPhiloxRounds - 1; ++r) {
     k0 += kPhiloxKeyA;
     k1 += kPhiloxKeyB;
+    philox_round(c0, c1, c2, c3, k0, k1);
   }
+  U hi_b, lo_b;
+  mul_hilo(kPhiloxRoundB, c2, hi_b, lo_b);  // round 10
+  c0 = hi_b ^ c1 ^ (k0 + kPhiloxKeyA);
+  c1 = lo_b;
 }
 
 // The first two of Philox4x32-10's four outputs for counter (offset_lo, offset_hi, 0, 0)
 // and key (seed_lo, seed_hi).
 FASTVAE_HD void philox(uint64_t seed, uint64_t offset, uint32_t& out0, uint32_t& out1) {
-  uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32);
-  uint32_t c2 = 0, c3 = 0;
-  philox_rounds(c0, c1, c2, c3, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  out0 = c0;
-  out1 = c1;
+  out0 = static_cast<uint32_t>(offset);
+  out1 = static_cast<uint32_t>(offset >> 32);
+  philox_first_two(out0, out1, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 // uint32 -> float32 in [0, 1) as Triton's uint_to_uniform_float: bitcast to int32, ~x for
@@ -129,26 +145,26 @@ FASTVAE_HD float log_f(float x) {
   return f + y + 0.693359375f * ef;
 }
 
-// cos(theta) for theta in [0, 2*pi] (the Box-Muller angle): reduced by multiples of pi/2
-// (Cody-Waite, three parts) to [-pi/4, pi/4], then the Cephes sin or cos polynomial.
-FASTVAE_HD float cos_f(float theta) {
-  const float q = static_cast<float>(static_cast<int32_t>(theta * 0.636619772367581343f + 0.5f));
-  float x = theta - q * 1.5703125f;
-  x = x - q * 4.837512969970703125e-4f;
-  x = x - q * 7.54978995489188216e-8f;
+// cos(2 pi u) for u in [0, 1], the Box-Muller cosine, reduced in u rather than in the
+// angle: with t = u - 1/2, cos(2 pi u) = -cos(2 pi |t|), and with b = min(|t|, 1/2 - |t|)
+// in [0, 1/4], cos(2 pi |t|) = cos(2 pi b), negated when |t| > 1/4. The subtractions are
+// exact (Sterbenz) but for u < 1/4, where t rounds by at most 2^-26; then one even Taylor
+// polynomial to x^12 (remainder < 7e-9 on [0, pi/2]). Compared with reducing the rounded
+// angle 2 pi u by multiples of pi/2 (which rounds the angle by up to 2.4e-7 first), this
+// is one polynomial instead of a sine and a cosine and a select.
+FASTVAE_HD float cos_2pi(float u) {
+  const float a = bits_float(float_bits(u - 0.5f) & 0x7FFFFFFFu);  // |t|
+  const float b = select_f(a < 0.25f, a, 0.5f - a);
+  const float x = b * kTwoPi;
   const float x2 = x * x;
-  float c = 2.443315711809948e-5f;
-  c = c * x2 - 1.388731625493765e-3f;
-  c = c * x2 + 4.166664568298827e-2f;
-  c = c * x2 * x2 - 0.5f * x2 + 1.0f;
-  float s = -1.9515295891e-4f;
-  s = s * x2 + 8.3321608736e-3f;
-  s = s * x2 - 1.6666654611e-1f;
-  s = s * x2 * x + x;
-  // cos(x + q*pi/2) for q mod 4 = 0, 1, 2, 3: cos x, -sin x, -cos x, sin x.
-  const uint32_t k = static_cast<uint32_t>(q);
-  const float v = select_f(k & 1, s, c);
-  return bits_float(float_bits(v) ^ (((k + 1) & 2u) << 30));  // negate for k = 1, 2
+  float p = 2.08767569878681e-9f;  // 1 / 12!
+  p = p * x2 - 2.75573192239859e-7f;
+  p = p * x2 + 2.48015873015873e-5f;
+  p = p * x2 - 1.38888888888889e-3f;
+  p = p * x2 + 4.16666666666667e-2f;
+  p = p * x2 - 0.5f;
+  p = p * x2 + 1.0f;
+  return bits_float(float_bits(p) ^ (static_cast<uint32_t>(a <= 0.25f) << 31));  // -p for |t| <= 1/4
 }
 
 // Box-Muller, split in its radius and angle halves so the CPU can take the square root
@@ -159,7 +175,7 @@ FASTVAE_HD float box_muller_radius_sq(uint32_t i1) {
   return -2.0f * log_f(select_f(u1 < kMinUniform, kMinUniform, u1));
 }
 
-FASTVAE_HD float box_muller_cos(uint32_t i2) { return cos_f(kTwoPi * uint_to_uniform(i2)); }
+FASTVAE_HD float box_muller_cos(uint32_t i2) { return cos_2pi(uint_to_uniform(i2)); }
 
 // A standard normal from two Philox outputs: sqrt(-2 log u1) * cos(2 pi u2).
 FASTVAE_HD float box_muller(uint32_t i1, uint32_t i2) {
