@@ -6,8 +6,7 @@
 // the compute type, zeros for the padding) serves both gradients:
 //   grad_x[pixel][ci] = sum P[pixel][ky][kx][co] Wr[ky][kx][co][ci]   (one GEMM)
 //   grad_wr[ky][kx][co][ci] += sum over pixels P[pixel][ky][kx][co] x[pixel][ci]
-// with Wr[ky][kx][co][ci] = weight[ci][co][ky][kx]; each thread adds into its own
-// grad_wr, and the threads' partials are summed in thread order.
+// with Wr[ky][kx][co][ci] = weight[ci][co][ky][kx].
 #include "cpu/conv_transpose_nhwc.h"
 
 #include <ATen/ATen.h>
@@ -80,35 +79,40 @@ void backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor&
   T* gxp = grad_x.data_ptr<T>();
   const int64_t rows = std::clamp<int64_t>(kBlockRows / std::max<int64_t>(w, 1), 1, h);
   const int64_t blocks = (h + rows - 1) / rows;
-  const int threads = at::get_num_threads();
-  std::vector<T> partial(threads * k * cin, T(0));  // grad_wr per thread, summed in order
-  at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
-    T* gw = partial.data() + at::get_thread_num() * k * cin;
+  // One slice of the tasks per thread, each with its own grad_wr, summed in slice order:
+  // the result depends on the thread count only, and a nested call (run inline) is safe.
+  const int64_t tasks = n * blocks;
+  const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks);
+  std::vector<T> partial(slices * k * cin, T(0));
+  at::parallel_for(0, slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
     std::vector<T> p(rows * w * k);  // P[pixel][ky][kx][co]
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / blocks, iy0 = task % blocks * rows;
-      const int64_t iy1 = std::min(iy0 + rows, h), pixels = (iy1 - iy0) * w;
-      for (int64_t iy = iy0; iy < iy1; ++iy) {
-        for (int64_t ky = 0; ky < 4; ++ky) {
-          const int64_t oy = 2 * iy - 1 + ky;
-          for (int64_t ix = 0; ix < w; ++ix) {
-            T* dst = p.data() + ((iy - iy0) * w + ix) * k + ky * 4 * cout;
-            if (oy < 0 || oy >= 2 * h) {
-              std::memset(dst, 0, 4 * cout * sizeof(T));
-            } else {
-              copy_pixels(gp + (s * 2 * h + oy) * 2 * w * cout, 2 * w, cout, 2 * ix - 1, 4, dst);
+    for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+      T* gw = partial.data() + slice * k * cin;
+      for (int64_t task = tasks * slice / slices; task < tasks * (slice + 1) / slices; ++task) {
+        const int64_t s = task / blocks, iy0 = task % blocks * rows;
+        const int64_t iy1 = std::min(iy0 + rows, h), pixels = (iy1 - iy0) * w;
+        for (int64_t iy = iy0; iy < iy1; ++iy) {
+          for (int64_t ky = 0; ky < 4; ++ky) {
+            const int64_t oy = 2 * iy - 1 + ky;
+            for (int64_t ix = 0; ix < w; ++ix) {
+              T* dst = p.data() + ((iy - iy0) * w + ix) * k + ky * 4 * cout;
+              if (oy < 0 || oy >= 2 * h) {
+                std::memset(dst, 0, 4 * cout * sizeof(T));
+              } else {
+                copy_pixels(gp + (s * 2 * h + oy) * 2 * w * cout, 2 * w, cout, 2 * ix - 1, 4, dst);
+              }
             }
           }
         }
+        const int64_t first = (s * h + iy0) * w;  // the block's first pixel
+        gemm<T>(false, pixels, cin, k, p.data(), k, wp, cin, T(0), gxp + first * cin, cin);
+        gemm<T>(true, k, cin, pixels, p.data(), k, xp + first * cin, cin, T(1), gw, cin);
       }
-      const int64_t first = (s * h + iy0) * w;  // the block's first pixel
-      gemm<T>(false, pixels, cin, k, p.data(), k, wp, cin, T(0), gxp + first * cin, cin);
-      gemm<T>(true, k, cin, pixels, p.data(), k, xp + first * cin, cin, T(1), gw, cin);
     }
   });
   T* out = grad_wr.data_ptr<T>();
   std::copy(partial.begin(), partial.begin() + k * cin, out);
-  for (int t = 1; t < threads; ++t) {
+  for (int64_t t = 1; t < slices; ++t) {
     const T* part = partial.data() + t * k * cin;
     for (int64_t e = 0; e < k * cin; ++e) out[e] += part[e];
   }
