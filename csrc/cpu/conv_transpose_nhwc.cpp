@@ -122,7 +122,8 @@ void backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor&
 
 bool conv_transpose_nhwc_supported(const at::Tensor& x, const at::Tensor& weight) {
   const auto type = x.scalar_type();
-  const bool blas = type == at::kFloat ? sgemm_ != nullptr : type == at::kDouble && dgemm_ != nullptr;
+  const bool blas =
+      type == at::kFloat ? sgemm_ != nullptr : type == at::kDouble && dgemm_ != nullptr;
   return blas && weight.scalar_type() == type && x.dim() == 4 && weight.dim() == 4 &&
          weight.size(0) == x.size(1) && weight.size(2) == 4 && weight.size(3) == 4 &&
          x.is_contiguous(at::MemoryFormat::ChannelsLast) && x.numel() > 0 &&

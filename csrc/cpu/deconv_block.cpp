@@ -7,8 +7,8 @@
 // Backward: one pass recomputing n from pre_norm and the saved statistics that yields
 // grad_scale/grad_shift, grad_bias and the group sums, a second pass writing grad_pre_norm,
 // then the convolution's backward for x and weight (csrc/cpu/conv_transpose_nhwc.cpp on
-// channels_last float32/float64, ATen's convolution_backward otherwise). The per-element math is
-// csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
+// channels_last float32/float64, ATen's convolution_backward otherwise). The per-element
+// math is csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
 //
 // Layouts: pre_norm is dense NCHW (a (sample, channel) plane is a contiguous run of H*W)
 // or dense NHWC (a (sample, pixel) row is a contiguous run of C); loops are written once

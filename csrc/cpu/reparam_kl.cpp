@@ -8,7 +8,8 @@
 // of the (B, D) view; each chunk's KL partial sum has a fixed order, and a row's partials
 // are added in chunk order, so kl does not depend on the thread count or the schedule.
 // Inside a chunk, blocks of kLanes elements are staged through small arrays: integer
-// Philox on 4 AVX2 64-bit slots per register, Box-Muller in a loop gcc vectorizes, the rest in Vectorized.
+// Philox on the 64-bit slots of AVX2 registers, Box-Muller in a loop gcc vectorizes, the
+// rest in Vectorized.
 // setup.py passes -mavx2 -mfma -DCPU_CAPABILITY_AVX2 but not -mf16c, which ATen's AVX2
 // Vectorized<Half> needs (torch's own AVX2 build has it; every AVX2 CPU has F16C).
 #pragma GCC target("f16c")
@@ -109,8 +110,10 @@ inline void counters(uint64_t offset, Word& lo, Word& hi) {
     h32[l] = static_cast<uint32_t>((offset + l) >> 32);
   }
   for (int m = 0; m < kRegs / 2; ++m) {
-    unpack(_mm256_load_si256(reinterpret_cast<const __m256i*>(l32) + m), lo.v[2 * m], lo.v[2 * m + 1]);
-    unpack(_mm256_load_si256(reinterpret_cast<const __m256i*>(h32) + m), hi.v[2 * m], hi.v[2 * m + 1]);
+    const __m256i* l = reinterpret_cast<const __m256i*>(l32) + m;
+    const __m256i* h = reinterpret_cast<const __m256i*>(h32) + m;
+    unpack(_mm256_load_si256(l), lo.v[2 * m], lo.v[2 * m + 1]);
+    unpack(_mm256_load_si256(h), hi.v[2 * m], hi.v[2 * m + 1]);
   }
 }
 
