@@ -198,6 +198,16 @@ def _as_broadcast(t: Optional[Tensor], per_channel: bool) -> Optional[Tensor]:
     return t if t.dim() == 4 else t.view(*t.shape, 1, 1)
 
 
+def backend_norm_args(norm, num_groups, out_channels, norm_weight, norm_bias, style_scale,
+                      style_shift):
+    """The public norm arguments as the backends take them: (groups, scale, shift), groups
+    0 for no norm, scale/shift broadcastable to the output (AdaIN's when given)."""
+    groups = {"group": num_groups, "instance": out_channels, "none": 0}[norm]
+    if style_scale is not None or style_shift is not None:
+        return groups, _as_broadcast(style_scale, False), _as_broadcast(style_shift, False)
+    return groups, _as_broadcast(norm_weight, True), _as_broadcast(norm_bias, True)
+
+
 def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
                  norm: str = "group", num_groups: int = 32,
                  norm_weight: Optional[Tensor] = None, norm_bias: Optional[Tensor] = None,
@@ -213,11 +223,8 @@ def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     _validate.deconv_block(x, weight, bias, norm, num_groups, norm_weight, norm_bias,
                            style_scale, style_shift, activation, eps)
     concrete = resolve(backend, "deconv_block", x.device)
-    groups = {"group": num_groups, "instance": weight.shape[1], "none": 0}[norm]
-    if style_scale is not None or style_shift is not None:
-        scale, shift = _as_broadcast(style_scale, False), _as_broadcast(style_shift, False)
-    else:
-        scale, shift = _as_broadcast(norm_weight, True), _as_broadcast(norm_bias, True)
+    groups, scale, shift = backend_norm_args(norm, num_groups, weight.shape[1], norm_weight,
+                                             norm_bias, style_scale, style_shift)
     y, _, _, _ = torch.ops.fastvae.deconv_block(
         x, weight, bias, scale, shift, groups, activation, float(negative_slope), float(eps),
         concrete)

@@ -13,7 +13,7 @@ from torch import nn
 
 import fastvae
 from fastvae import reference
-from fastvae.ops import _as_broadcast
+from fastvae.ops import backend_norm_args
 from conftest import assert_close_to_reference, backend_params
 from test_deconv_block import make_args, run, tensors_of
 
@@ -80,10 +80,10 @@ def compare_backward_on_native_forward(dtype, norm, affine, activation, layout, 
     x, weight, bias, kwargs = make_args(n=n, cin=cin, cout=cout, h=h, w=w, norm=norm,
                                         affine=affine, groups=groups, dtype=dtype, layout=layout)
     grad_y = torch.randn(n, cout, 2 * h, 2 * w).to(dtype)
-    style = "style_scale" in kwargs
-    scale = _as_broadcast(kwargs.get("style_scale" if style else "norm_weight"), not style)
-    shift = _as_broadcast(kwargs.get("style_shift" if style else "norm_bias"), not style)
-    options = ({"group": groups, "instance": cout, "none": 0}[norm], activation, 0.2, 1e-5)
+    groups, scale, shift = backend_norm_args(
+        norm, groups, cout, *(kwargs.get(k) for k in ("norm_weight", "norm_bias", "style_scale",
+                                                       "style_shift")))
+    options = (groups, activation, 0.2, 1e-5)
     inputs = (x, weight, bias, scale, shift)
     y, pre, mean, rstd = torch.ops.fastvae._deconv_block_fwd(*inputs, *options)
     y_low = reference.deconv_block_fwd(*inputs, *options)[0]
