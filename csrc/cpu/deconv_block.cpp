@@ -76,6 +76,11 @@ bool conv_in_float(at::ScalarType type) {
   return type == at::kBFloat16 ? !bf16 : !fp16;
 }
 
+// t as the convolution takes it: float32 when `upcast`, else t itself.
+at::Tensor conv_operand(const at::Tensor& t, bool upcast) {
+  return upcast ? t.to(at::kFloat) : t;
+}
+
 at::MemoryFormat format_of(const at::Tensor& x) {
   // The public op's rule (fastvae/ops.py _memory_format): channels_last only when x is.
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
@@ -269,15 +274,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "deconv_block: x and weight must be 4-D");
   const Activation act = parse_activation(activation);
   const at::MemoryFormat fmt = format_of(x);
-  at::Tensor pre;
-  if (conv_in_float(x.scalar_type())) {
-    const auto b = bias.has_value() && bias->defined() ? c10::optional<at::Tensor>(bias->to(at::kFloat))
-                                                       : c10::nullopt;
-    pre = at::conv_transpose2d(x.contiguous(fmt).to(at::kFloat), weight.to(at::kFloat), b,
-                               {2, 2}, {1, 1}).to(x.scalar_type()).contiguous(fmt);
-  } else {
-    pre = at::conv_transpose2d(x.contiguous(fmt), weight, bias, {2, 2}, {1, 1}).contiguous(fmt);
-  }
+  const bool upcast = conv_in_float(x.scalar_type());
+  c10::optional<at::Tensor> b = bias;
+  if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
+  at::Tensor pre = at::conv_transpose2d(conv_operand(x.contiguous(fmt), upcast),
+                                        conv_operand(weight, upcast), b, {2, 2}, {1, 1})
+                       .to(x.scalar_type())
+                       .contiguous(fmt);
   const int64_t n = pre.size(0), c = pre.size(1);
   TORCH_CHECK(groups >= 0 && (groups == 0 || c % groups == 0),
               "deconv_block: groups must divide the output channels");
@@ -562,9 +565,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   });
   if (!has_bias) grad_bias = at::empty({0}, x.options());
   const bool upcast = conv_in_float(x.scalar_type());
-  const at::Tensor xc = upcast ? x.contiguous(fmt).to(at::kFloat) : x.contiguous(fmt);
-  const at::Tensor wc = upcast ? weight.to(at::kFloat) : weight;
-  const at::Tensor ghc = upcast ? gh.to(at::kFloat) : gh;
+  const at::Tensor xc = conv_operand(x.contiguous(fmt), upcast);
+  const at::Tensor wc = conv_operand(weight, upcast);
+  const at::Tensor ghc = conv_operand(gh, upcast);
   at::Tensor grad_x, grad_weight;
   if (cpu::conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = cpu::conv_transpose_nhwc_backward(ghc, xc, wc);
