@@ -19,8 +19,6 @@ excludes the convolutions (ATen's forward, and the GEMM backward's own profiler 
 its GB/s counts the bytes it must move (3 output-sized passes forward, 5 backward) and is
 set against the copy's.
 """
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +26,7 @@ from torch import nn
 
 import fastvae
 from fastvae.backends import _unavailable_reason
+from roofline import interleaved_seconds
 
 SHAPES = {  # name -> (N, Cin, H, W, Cout); output (N, Cout, 2H, 2W)
     "256->128@16": (8, 256, 16, 16, 128),
@@ -54,6 +53,10 @@ def make(name):
 
 
 def runner(entry, x, conv, grad_y):
+    """One forward + backward of `entry` (for "copy", a copy of grad_y's size)."""
+    if entry == "copy":
+        src, dst = torch.randn_like(grad_y), torch.empty_like(grad_y)
+        return lambda: dst.copy_(src)
     params = [x, conv.weight, conv.bias]
     if entry == "conv":
         fn = lambda: conv(x)  # noqa: E731
@@ -110,23 +113,8 @@ def summary(request):
 def interleaved_min(name, rounds=21):
     """entry -> least seconds of one fwd+bwd over `rounds` rounds that each run every entry."""
     x, conv, grad_y = make(name)
-    runs = {}
-    for entry in ENTRIES:
-        if (name, entry) not in _results:
-            continue
-        if entry == "copy":
-            src, dst = torch.randn_like(grad_y), torch.empty_like(grad_y)
-            runs[entry] = lambda src=src, dst=dst: dst.copy_(src)
-        else:
-            runs[entry] = runner(entry, x, conv, grad_y)
-        runs[entry]()  # compile and first-touch out of the way
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for entry, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[entry] = min(best[entry], time.perf_counter() - start)
-    return best
+    runs = {e: runner(e, x, conv, grad_y) for e in ENTRIES if (name, e) in _results}
+    return {entry: min(t) for entry, t in interleaved_seconds(runs, rounds).items()}
 
 
 def write_summary(reporter):
@@ -170,7 +158,8 @@ def native_epilogue_seconds(name, rounds=9):
     for _ in range(rounds):
         with profile() as prof:
             run()
-        best = min(best, sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels))
+        self_time = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels)
+        best = min(best, self_time)
     return best / 1e6
 
 
@@ -180,13 +169,7 @@ def test_deconv_block_native(benchmark, name, entry):
     if entry == "native" and _unavailable_reason("native", "deconv_block", "cpu"):
         pytest.skip(_unavailable_reason("native", "deconv_block", "cpu"))
     benchmark.group = f"deconv_block fwd+bwd {name}"
-    x, conv, grad_y = make(name)
-    if entry == "copy":
-        src = torch.randn_like(grad_y)
-        dst = torch.empty_like(grad_y)
-        run = lambda: dst.copy_(src)  # noqa: E731
-    else:
-        run = runner(entry, x, conv, grad_y)
+    run = runner(entry, *make(name))
     run()
     run()  # compile and first-touch out of the way
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)

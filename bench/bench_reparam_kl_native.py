@@ -15,14 +15,13 @@ Bytes that must move, forward + backward: read mu, logvar; write z; read grad_z,
 logvar; write grad_mu, grad_logvar: 8 tensors of mu's size (the KL vectors are tiny).
 """
 import statistics
-import time
 
 import pytest
 import torch
 
 import fastvae
 from fastvae.backends import _unavailable_reason
-from roofline import annotate
+from roofline import annotate, interleaved_seconds
 
 SHAPES = {"16M": (256, 65536), "256x512": (256, 512)}
 ENTRIES = ("copy", "eager", "compile", "native")  # run in this order: the summary needs all
@@ -78,15 +77,7 @@ def make_run(name, entry):
 def interleaved(name, entries):
     """entry -> (median, min) seconds over rounds that each run every entry once."""
     rounds = 7 if SHAPES[name][0] * SHAPES[name][1] >= 1 << 20 else 101
-    runs = {entry: make_run(name, entry) for entry in entries}
-    times = {entry: [] for entry in entries}
-    for run in runs.values():
-        run()
-    for _ in range(rounds):
-        for entry, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[entry].append(time.perf_counter() - start)
+    times = interleaved_seconds({entry: make_run(name, entry) for entry in entries}, rounds)
     return {entry: (statistics.median(t), min(t)) for entry, t in times.items()}
 
 

@@ -18,6 +18,21 @@ def _median_seconds(fn, repeat=15):
     return sorted(times)[len(times) // 2]
 
 
+def interleaved_seconds(runs: dict, rounds: int) -> dict:
+    """name -> the seconds of each of `rounds` rounds that run every entry of `runs` once,
+    in turn (after one untimed call each), so a slow spell of a shared machine hits every
+    entry alike rather than whichever was being timed alone."""
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 @pytest.fixture(scope="session")
 def copy_bandwidth():
     """Bytes read + written per second by `dst.copy_(src)` on 64 MiB: the memory roofline."""
