@@ -12,7 +12,6 @@ from torch import Tensor
 from .metrics import luminance  # BT.601 luma: the structure term works on brightness
 
 
-
 def gaussian_nll(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """-log N(x; mean, exp(log_scale)^2) summed over all but the batch dim, (N,) nats.
 

@@ -1,11 +1,11 @@
 // Triton's `tl.randn(seed, i)` noise stream as inline functions for the CPU and CUDA kernels.
 //
-// Exactly the arithmetic of fastvae/philox.py (the ground truth, checked against Triton):
-// Philox4x32-10 with counter (i_lo, i_hi, 0, 0) and key (seed_lo, seed_hi), the first two
-// outputs mapped to uniforms as Triton's uint_to_uniform_float, then the Box-Muller cosine
-// branch, all in float32. log and cos are written out here (branch-free polynomials: Cephes'
-// logf, a Taylor cosine of 2 pi u reduced in u; about 1 ulp on the ranges used) rather than
-// taken from libm, so that:
+// The stream of fastvae/philox.py (the ground truth, checked against Triton): Philox4x32-10
+// with counter (i_lo, i_hi, 0, 0) and key (seed_lo, seed_hi), bit for bit; its first two
+// outputs mapped to uniforms as Triton's uint_to_uniform_float, bit for bit; then the
+// Box-Muller cosine branch in float32, equal to the reference's to float rounding. log and
+// cos are written out here (branch-free polynomials: Cephes' logf, a Taylor cosine of 2 pi u
+// reduced in u; about 1 ulp on the ranges used) rather than taken from libm, so that:
 //   - the CPU lane loops auto-vectorize (no libm calls in the loop body), and
 //   - nvcc's --use_fast_math cannot swap in its low-accuracy __logf/__cosf,
 // which makes the CPU tests check the very arithmetic the CUDA kernels run.
@@ -164,7 +164,8 @@ FASTVAE_HD float cos_2pi(float u) {
   p = p * x2 + 4.16666666666667e-2f;
   p = p * x2 - 0.5f;
   p = p * x2 + 1.0f;
-  return bits_float(float_bits(p) ^ (static_cast<uint32_t>(a <= 0.25f) << 31));  // -p for |t| <= 1/4
+  const uint32_t negate = static_cast<uint32_t>(a <= 0.25f) << 31;  // -p for |t| <= 1/4
+  return bits_float(float_bits(p) ^ negate);
 }
 
 // Box-Muller, split in its radius and angle halves so the CPU can take the square root
