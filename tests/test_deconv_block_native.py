@@ -104,22 +104,28 @@ def compare_backward_on_native_forward(dtype, norm, affine, activation, layout, 
     (1, 3, 4, 7, 1, 4),      # batch 1, groups of one channel, a 1-wide input
     (3, 2, 1, 1, 9, 1),      # one output channel, 1-high input
     (2, 16, 24, 9, 11, 6),   # NHWC runs longer than a vector, several pixel blocks
-    (2, 6, 8, 13, 40, 4),    # channels_last backward GEMM: 3 row blocks per sample, the last short
+    (2, 6, 8, 13, 40, 4),    # channels_last backward: odd tile rows, 21 tiles a row
 ])
 def test_odd_shapes(n, cin, cout, h, w, groups, layout):
     compare(torch.float32, "group", "spatial", "silu", layout, n=n, cin=cin, cout=cout, h=h, w=w,
             groups=groups)
 
 
+@pytest.mark.parametrize("n, cin, cout, h, w", [
+    (3, 7, 6, 11, 30),   # one task per sample
+    (2, 5, 6, 41, 30),   # 3 tasks of 7 tile rows per sample: the rows between tasks (halos)
+    (1, 3, 2, 2, 300),   # a tile row longer than a task: one row per task
+    (2, 2, 3, 1, 1),     # one pixel: every tile but one output is past the edge
+])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
-def test_channels_last_weight_gradients(weight_layout):
-    """The channels_last GEMM backward (csrc/cpu/conv_transpose_nhwc.cpp) in float64 against
-    the reference, with several row blocks per sample; grad_weight keeps weight's layout."""
-    x, weight, bias, kwargs = make_args(n=3, cin=7, cout=6, h=11, w=30, groups=3,
+def test_channels_last_weight_gradients(weight_layout, n, cin, cout, h, w):
+    """The channels_last Winograd backward (csrc/cpu/conv_transpose_nhwc.cpp) in float64
+    against the reference, over tile and task edges; grad_weight keeps weight's layout."""
+    x, weight, bias, kwargs = make_args(n=n, cin=cin, cout=cout, h=h, w=w, groups=cout // 2 or 1,
                                         dtype=torch.float64, layout="channels_last")
     if weight_layout == "channels_last":
         weight = weight.contiguous(memory_format=torch.channels_last)
-    grad_y = torch.randn(3, 6, 22, 60, dtype=torch.float64)
+    grad_y = torch.randn(n, cout, 2 * h, 2 * w, dtype=torch.float64)
     out = run("native", x, weight, bias, kwargs, grad_y)
     ref = run("reference", x, weight, bias, kwargs, grad_y)
     for name in ref:
