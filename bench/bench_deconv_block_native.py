@@ -13,12 +13,16 @@ upstream gradient, all in channels_last (oneDNN's fast layout here):
 The summary at the end times every entry again, interleaved (one call of each per round,
 the least disturbed of 21 rounds kept: on a shared 2-core machine a slow spell then hits
 all entries alike instead of one test) and gives ratios and the peak RSS growth of one
-forward + backward (VmHWM after resetting it through /proc/self/clear_refs). The native
-epilogue alone is timed by torch.profiler: the self time of the two native kernels, which
-excludes the convolutions (ATen's forward, and the GEMM backward's own profiler range);
-its GB/s counts the bytes it must move (3 output-sized passes forward, 5 backward) and is
-set against the copy's.
+forward + backward (VmHWM after resetting it through /proc/self/clear_refs). One more
+interleaved entry, native_epi, is the native epilogue alone, timed by torch.profiler: the
+self time of the two native kernels in a native forward + backward, which excludes the
+convolutions (ATen's forward, and the Winograd backward's own profiler range); its GB/s
+counts the bytes it must move (3 output-sized passes forward, 5 backward) and is set
+against the copy's.
 """
+import contextlib
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,7 +44,6 @@ EPILOGUE_PASSES = 8  # native: fwd stats read, normalize read+write; bwd 2 x (re
 CL = torch.channels_last
 _results = {}  # (shape, entry) -> median seconds
 _peak = {}     # (shape, entry) -> peak RSS growth in bytes
-_epilogue = {}  # shape -> seconds of the native epilogue alone (profiled in the native test)
 
 
 def make(name):
@@ -114,6 +117,8 @@ def interleaved_min(name, rounds=21):
     """entry -> least seconds of one fwd+bwd over `rounds` rounds that each run every entry."""
     x, conv, grad_y = make(name)
     runs = {e: runner(e, x, conv, grad_y) for e in ENTRIES if (name, e) in _results}
+    if "native" in runs:
+        runs["native_epi"] = profiled_epilogue(runs["native"])
     return {entry: min(t) for entry, t in interleaved_seconds(runs, rounds).items()}
 
 
@@ -137,7 +142,7 @@ def write_summary(reporter):
             for other in ("eager", "compile"):
                 if (name, other) in r:
                     line(f"  {name:12s} native vs {other}: {r[(name, other)] / t:.2f}x")
-            epi = _epilogue.get(name)
+            epi = r.get((name, "native_epi"))
             if (name, "copy") in r and epi:
                 copy_bw = 2 * out_bytes / r[(name, "copy")]
                 bw = EPILOGUE_PASSES * out_bytes / epi
@@ -148,19 +153,29 @@ def write_summary(reporter):
                          f"{r[(name, 'epi_eager')] / epi:.2f}x")
 
 
-def native_epilogue_seconds(name, rounds=9):
-    """The least self time of the native kernels in one fwd+bwd over `rounds` profiled runs."""
+@contextlib.contextmanager
+def stderr_silenced():
+    """Sends file descriptor 2 to /dev/null: kineto logs every profiler start and stop there."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def profiled_epilogue(run_native):
+    """A run that returns the self seconds of the native kernels in one run_native()."""
     from torch.profiler import profile
     kernels = ("fastvae::_deconv_block_fwd", "fastvae::_deconv_block_bwd")
-    run = runner("native", *make(name))
-    run()
-    best = float("inf")
-    for _ in range(rounds):
-        with profile() as prof:
-            run()
-        self_time = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels)
-        best = min(best, self_time)
-    return best / 1e6
+
+    def run():
+        with stderr_silenced(), profile() as prof:
+            run_native()
+        return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels) / 1e6
+    return run
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
@@ -174,8 +189,6 @@ def test_deconv_block_native(benchmark, name, entry):
     run()  # compile and first-touch out of the way
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
     _results[(name, entry)] = benchmark.stats.stats.median
-    if entry == "native":  # here, where pytest captures the profiler's log lines
-        _epilogue[name] = native_epilogue_seconds(name)
     _peak[(name, entry)] = None if entry == "copy" else peak_rss_growth(run)
     if _peak[(name, entry)] is not None:
         benchmark.extra_info["peak_rss_MiB"] = round(_peak[(name, entry)] / 2**20, 1)

@@ -21,15 +21,17 @@ def _median_seconds(fn, repeat=15):
 def interleaved_seconds(runs: dict, rounds: int) -> dict:
     """name -> the seconds of each of `rounds` rounds that run every entry of `runs` once,
     in turn (after one untimed call each), so a slow spell of a shared machine hits every
-    entry alike rather than whichever was being timed alone."""
+    entry alike rather than whichever was being timed alone. A run that returns a number
+    is timed by it (seconds it measured itself, such as a profiled part of its work)."""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            own = run()
+            elapsed = time.perf_counter() - start
+            times[name].append(own if isinstance(own, float) else elapsed)
     return times
 
 
