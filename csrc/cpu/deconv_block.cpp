@@ -2,18 +2,19 @@
 // semantics in fastvae/reference.py).
 //
 // Forward: conv_transpose2d through ATen (oneDNN, bias fused by the conv; in float32 for
-// bfloat16/float16 on CPUs without instructions for them, see conv_in_float) in x's memory
-// format, then one pass of per-(sample, group) statistics (chunked two-pass moments merged
+// bfloat16/float16 on CPUs without instructions for them, see conv_in_float), then one
+// pass of per-(sample, group) statistics (chunked two-pass moments merged
 // with Chan's formula) and one pass of normalize + affine/AdaIN + activation into y.
 // Backward: one pass recomputing n from pre_norm and the saved statistics that yields
 // grad_scale/grad_shift, grad_bias and the group sums, a second pass writing grad_pre_norm,
-// then the convolution's backward for x and weight (csrc/cpu/conv_transpose_nhwc.cpp on
-// channels_last float32/float64, ATen's convolution_backward otherwise). The per-element
-// math is csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
+// then the convolution's backward for x and weight (csrc/cpu/conv_transpose_nhwc.cpp for
+// float32/float64, ATen's convolution_backward otherwise). Both convolutions run in
+// channels_last whatever x's layout (conv_activation). The per-element math is
+// csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
 //
-// Layouts: pre_norm is dense NCHW (a (sample, channel) plane is a contiguous run of H*W)
-// or dense NHWC (a (sample, pixel) row is a contiguous run of C); loops are written once
-// per layout with compile-time strides so the inner loops vectorize.
+// Layouts: pre_norm, in x's layout, is dense NCHW (a (sample, channel) plane is a
+// contiguous run of H*W) or dense NHWC (a (sample, pixel) row is a contiguous run of C);
+// loops are written once per layout with compile-time strides so the inner loops vectorize.
 // setup.py defines CPU_CAPABILITY_AVX2, which makes c10's Half conversions use F16C
 // intrinsics, but passes no -mf16c; every AVX2 CPU has F16C.
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__F16C__)
@@ -31,6 +32,7 @@
 
 #include "common/deconv_epilogue.h"
 #include "cpu/conv_transpose_nhwc.h"
+#include "cpu/layout.h"
 
 namespace fastvae {
 namespace {
@@ -76,9 +78,17 @@ bool conv_in_float(at::ScalarType type) {
   return type == at::kBFloat16 ? !bf16 : !fp16;
 }
 
-// t as the convolution takes it: float32 when `upcast`, else t itself.
+// weight or bias as the convolution takes it: float32 when `upcast`, else t itself.
 at::Tensor conv_operand(const at::Tensor& t, bool upcast) {
   return upcast ? t.to(at::kFloat) : t;
+}
+
+// x or grad_pre_norm as the convolutions take them: channels_last whatever the block's
+// layout, in float32 when `upcast`. The Winograd backward is channels_last only, and
+// oneDNN's NCHW forward with autograd on took 40 ms at 64->32@64 (28 of them its own
+// reorders) against 13 in channels_last; the layout copies (cpu/layout.h) cost less.
+at::Tensor conv_activation(const at::Tensor& t, bool upcast) {
+  return cpu::to_layout(t, upcast ? at::kFloat : t.scalar_type(), at::MemoryFormat::ChannelsLast);
 }
 
 at::MemoryFormat format_of(const at::Tensor& x) {
@@ -277,10 +287,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   const bool upcast = conv_in_float(x.scalar_type());
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
-  at::Tensor pre = at::conv_transpose2d(conv_operand(x.contiguous(fmt), upcast),
-                                        conv_operand(weight, upcast), b, {2, 2}, {1, 1})
-                       .to(x.scalar_type())
-                       .contiguous(fmt);
+  const at::Tensor pre = cpu::to_layout(
+      at::conv_transpose2d(conv_activation(x, upcast),
+                           conv_operand(weight, upcast), b, {2, 2}, {1, 1}),
+      x.scalar_type(), fmt);
   const int64_t n = pre.size(0), c = pre.size(1);
   TORCH_CHECK(groups >= 0 && (groups == 0 || c % groups == 0),
               "deconv_block: groups must divide the output channels");
@@ -565,9 +575,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   });
   if (!has_bias) grad_bias = at::empty({0}, x.options());
   const bool upcast = conv_in_float(x.scalar_type());
-  const at::Tensor xc = conv_operand(x.contiguous(fmt), upcast);
+  const at::Tensor xc = conv_activation(x, upcast);
   const at::Tensor wc = conv_operand(weight, upcast);
-  const at::Tensor ghc = conv_operand(gh, upcast);
+  const at::Tensor ghc = conv_activation(gh, upcast);
   at::Tensor grad_x, grad_weight;
   if (cpu::conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = cpu::conv_transpose_nhwc_backward(ghc, xc, wc);
@@ -576,10 +586,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
         ghc, xc, wc, at::OptionalIntArrayRef(), {2, 2}, {1, 1}, {1, 1}, true, {0, 0}, 1,
         {true, true, false});
   }
-  if (upcast) {
-    grad_x = grad_x.to(x.scalar_type());
-    grad_weight = grad_weight.to(weight.scalar_type());
-  }
+  grad_x = cpu::to_layout(grad_x, x.scalar_type(), fmt);
+  if (upcast) grad_weight = grad_weight.to(weight.scalar_type());
   return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
 }
 
