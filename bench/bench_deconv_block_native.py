@@ -3,24 +3,28 @@
     pytest bench/bench_deconv_block_native.py --benchmark-only
 
 One group per decoder shape (batch 8), every entry forward + backward with a random
-upstream gradient, all in channels_last (oneDNN's fast layout here):
+upstream gradient, in channels_last (oneDNN's fast layout here) unless it says _nchw:
   conv        bare conv_transpose2d with bias: the floor the block is held to (<= 1.10x)
   eager       ConvTranspose2d + GroupNorm(32) + LeakyReLU(0.2)
   compile     torch.compile of that eager block
   native      fastvae.deconv_block(backend="native"), same math
   epi_eager   the epilogue alone in eager PyTorch: bias add + group_norm + leaky_relu
   copy        a copy of the output's size (the memory roofline)
+  <entry>_nchw: native, conv, eager, compile and epi_eager in NCHW. The block's ratios
+              set channels_last native against each baseline's faster layout (which one
+              wins depends on the shape); the epilogue's compare like layouts
 The summary at the end times every entry again, interleaved (one call of each per round,
 the least disturbed of 21 rounds kept: on a shared 2-core machine a slow spell then hits
 all entries alike instead of one test) and gives ratios and the peak RSS growth of one
-forward + backward (VmHWM after resetting it through /proc/self/clear_refs). One more
-interleaved entry, native_epi, is the native epilogue alone, timed by torch.profiler: the
-self time of the two native kernels in a native forward + backward, which excludes the
-convolutions (ATen's forward, and the Winograd backward's own profiler range); its GB/s
-counts the bytes it must move (3 output-sized passes forward, 5 backward) and is set
-against the copy's.
+forward + backward (VmHWM after resetting it through /proc/self/clear_refs). Two more
+interleaved entries, native_epi and native_epi_nchw, are the native epilogue alone, timed
+by torch.profiler: the self time of the two native kernels in a native forward + backward,
+which excludes the convolutions (ATen's forward, the Winograd backward's own profiler
+range) and the layout copies (their own range); their GB/s count the bytes the epilogue
+must move (3 output-sized passes forward, 5 backward) and are set against the copy's.
 """
 import contextlib
+import copy
 import os
 
 import pytest
@@ -37,7 +41,8 @@ SHAPES = {  # name -> (N, Cin, H, W, Cout); output (N, Cout, 2H, 2W)
     "128->64@32": (8, 128, 32, 32, 64),
     "64->32@64": (8, 64, 64, 64, 32),
 }
-ENTRIES = ("copy", "conv", "eager", "compile", "native", "epi_eager")
+BASELINES = ("conv", "eager", "compile", "epi_eager")  # each also as <name>_nchw
+ENTRIES = ("copy", "native") + BASELINES + tuple(b + "_nchw" for b in ("native",) + BASELINES)
 GROUPS = 32
 EPILOGUE_PASSES = 8  # native: fwd stats read, normalize read+write; bwd 2 x (read gy, h) + write
 
@@ -57,6 +62,12 @@ def make(name):
 
 def runner(entry, x, conv, grad_y):
     """One forward + backward of `entry` (for "copy", a copy of grad_y's size)."""
+    fmt = CL
+    if entry.endswith("_nchw"):
+        entry, fmt = entry[:-len("_nchw")], torch.contiguous_format
+        x = x.detach().contiguous().requires_grad_()
+        conv = copy.deepcopy(conv).to(memory_format=fmt)  # .to() would change the shared one
+        grad_y = grad_y.contiguous()
     if entry == "copy":
         src, dst = torch.randn_like(grad_y), torch.empty_like(grad_y)
         return lambda: dst.copy_(src)
@@ -65,7 +76,7 @@ def runner(entry, x, conv, grad_y):
         fn = lambda: conv(x)  # noqa: E731
     elif entry in ("eager", "compile"):
         block = nn.Sequential(conv, nn.GroupNorm(GROUPS, conv.out_channels), nn.LeakyReLU(0.2))
-        block = block.to(memory_format=CL)
+        block = block.to(memory_format=fmt)
         params += list(block[1].parameters())
         model = torch.compile(block) if entry == "compile" else block
         fn = lambda: model(x)  # noqa: E731
@@ -117,40 +128,48 @@ def interleaved_min(name, rounds=21):
     """entry -> least seconds of one fwd+bwd over `rounds` rounds that each run every entry."""
     x, conv, grad_y = make(name)
     runs = {e: runner(e, x, conv, grad_y) for e in ENTRIES if (name, e) in _results}
-    if "native" in runs:
-        runs["native_epi"] = profiled_epilogue(runs["native"])
+    for layout in ("", "_nchw"):
+        if "native" + layout in runs:
+            runs["native_epi" + layout] = profiled_epilogue(runs["native" + layout])
     return {entry: min(t) for entry, t in interleaved_seconds(runs, rounds).items()}
 
 
 def write_summary(reporter):
     line = reporter.write_line
     line("")
-    line("deconv_block fwd+bwd, channels_last, batch 8 (interleaved min ms; peak RSS growth MiB)")
+    line("deconv_block fwd+bwd, batch 8 (interleaved min ms; peak RSS growth MiB)")
     for name, (n, cin, h, w, cout) in SHAPES.items():
-        r = {(name, e): t for e, t in interleaved_min(name).items()}
+        r = {e: t for e, t in interleaved_min(name).items()}
         out_bytes = n * cout * 4 * h * w * 4
         flops = 3 * 2 * n * h * w * cin * cout * 16  # fwd + grad_x + grad_weight
-        cells = [f"{e}={1e3 * r[(name, e)]:.2f}" + (f" ({_peak[(name, e)] / 2**20:.0f} MiB)"
-                 if _peak.get((name, e)) is not None else "")
-                 for e in ENTRIES if (name, e) in r]
+        cells = [f"{e}={1e3 * r[e]:.2f}" + (f" ({_peak[(name, e)] / 2**20:.0f} MiB)"
+                 if _peak.get((name, e)) is not None else "") for e in ENTRIES if e in r]
         line(f"  {name:12s} " + "  ".join(cells))
-        if (name, "conv") in r:
-            line(f"  {name:12s} conv {flops / r[(name, 'conv')] / 1e9:.1f} GFLOP/s")
-        if (name, "native") in r and (name, "conv") in r:
-            t, c = r[(name, "native")], r[(name, "conv")]
-            line(f"  {name:12s} native / conv = {t / c:.3f} (target <= 1.10)")
+        best = {b: min(r[e] for e in (b, b + "_nchw") if e in r)  # the faster layout of each
+                for b in ("conv", "eager", "compile") if b in r or b + "_nchw" in r}
+        if "conv" in best:
+            line(f"  {name:12s} conv {flops / best['conv'] / 1e9:.1f} GFLOP/s (faster layout)")
+        if "native" in r and "conv" in best:
+            t = r["native"]
+            line(f"  {name:12s} native / conv = {t / best['conv']:.3f} (target <= 1.10; "
+                 "channels_last native, baselines in their faster layout)")
             for other in ("eager", "compile"):
-                if (name, other) in r:
-                    line(f"  {name:12s} native vs {other}: {r[(name, other)] / t:.2f}x")
-            epi = r.get((name, "native_epi"))
-            if (name, "copy") in r and epi:
-                copy_bw = 2 * out_bytes / r[(name, "copy")]
-                bw = EPILOGUE_PASSES * out_bytes / epi
-                line(f"  {name:12s} native epilogue {1e3 * epi:.2f} ms, {bw / 1e9:.1f} GB/s = "
-                     f"{bw / copy_bw:.0%} of copy ({copy_bw / 1e9:.1f} GB/s)")
-                if (name, "epi_eager") in r:
-                    line(f"  {name:12s} native epilogue vs eager epilogue: "
-                         f"{r[(name, 'epi_eager')] / epi:.2f}x")
+                if other in best:
+                    line(f"  {name:12s} native vs {other}: {best[other] / t:.2f}x")
+        if "native_nchw" in r and "eager_nchw" in r:
+            line(f"  {name:12s} in NCHW: native {1e3 * r['native_nchw']:.2f} ms, "
+                 f"{r['eager_nchw'] / r['native_nchw']:.2f}x eager NCHW")
+        for layout in ("", "_nchw"):  # the epilogue against eager's in the same layout
+            epi = r.get("native_epi" + layout)
+            if "copy" not in r or not epi:
+                continue
+            copy_bw = 2 * out_bytes / r["copy"]
+            bw = EPILOGUE_PASSES * out_bytes / epi
+            text = (f"  {name:12s} native epilogue{layout or ' (channels_last)'} {1e3 * epi:.2f} ms, "
+                    f"{bw / 1e9:.1f} GB/s = {bw / copy_bw:.0%} of copy ({copy_bw / 1e9:.1f} GB/s)")
+            if "epi_eager" + layout in r:
+                text += f", {r['epi_eager' + layout] / epi:.2f}x eager's"
+            line(text)
 
 
 @contextlib.contextmanager
@@ -181,7 +200,7 @@ def profiled_epilogue(run_native):
 @pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_deconv_block_native(benchmark, name, entry):
-    if entry == "native" and _unavailable_reason("native", "deconv_block", "cpu"):
+    if entry.startswith("native") and _unavailable_reason("native", "deconv_block", "cpu"):
         pytest.skip(_unavailable_reason("native", "deconv_block", "cpu"))
     benchmark.group = f"deconv_block fwd+bwd {name}"
     run = runner(entry, *make(name))

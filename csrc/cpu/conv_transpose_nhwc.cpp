@@ -61,32 +61,72 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
   }
 }
 
-// The (6, 4) filter transform G: row p * 3 + xi gives u_p[xi] as a sum of the taps w[k];
-// phase p = 0 makes the even outputs, p = 1 the odd ones.
-at::Tensor filter_transform(const at::TensorOptions& opts) {
-  const double g[6][4] = {{0, 0, 0, 1}, {0, 1, 0, 1}, {0, 1, 0, 0},   // w3, w3 + w1, w1
-                          {0, 0, 1, 0}, {1, 0, 1, 0}, {1, 0, 0, 0}};  // w2, w2 + w0, w0
-  return at::from_blob(const_cast<double*>(&g[0][0]), {6, 4}, at::kDouble)
-      .to(opts, /*non_blocking=*/false, /*copy=*/true);  // a copy: g lives on this stack
+// The filter transform G along one axis: u[p * 3 + xi] from the taps w, for phase p = 0
+// (even outputs, g = (w3, w1)) and p = 1 (odd, g = (w2, w0)); and its adjoint G^T.
+template <typename T>
+inline void filter_1d(T w0, T w1, T w2, T w3, T* u) {
+  u[0] = w3;
+  u[1] = w3 + w1;
+  u[2] = w1;
+  u[3] = w2;
+  u[4] = w2 + w0;
+  u[5] = w0;
+}
+template <typename T>
+inline void filter_1d_adjoint(const T* u, T* w) {
+  w[0] = u[4] + u[5];
+  w[1] = u[1] + u[2];
+  w[2] = u[3] + u[4];
+  w[3] = u[0] + u[1];
 }
 
 // weight (ci, co, 4, 4) -> U (9, ci, 4 co): U[xy * 3 + xx][ci][(py * 2 + px) * co + o].
-at::Tensor transform_weight(const at::Tensor& weight) {
-  const int64_t ci = weight.size(0), co = weight.size(1);
-  const at::Tensor g = filter_transform(weight.options());
-  return at::einsum("ak,bl,iokl->abio", {g, g, weight})  // (py xy, px xx, ci, co)
-      .view({2, 3, 2, 3, ci, co})
-      .permute({1, 3, 4, 0, 2, 5})
-      .contiguous()
-      .view({kPoints, ci, 4 * co});
+template <typename T>
+void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
+  at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t o = 0; o < co; ++o) {
+        const T* k = w + (i * co + o) * 16;  // k[ky * 4 + kx]
+        T t[6][4], v[6];                     // t[py xy][kx]: G along y
+        for (int64_t kx = 0; kx < 4; ++kx) {
+          filter_1d(k[kx], k[4 + kx], k[8 + kx], k[12 + kx], v);
+          for (int64_t a = 0; a < 6; ++a) t[a][kx] = v[a];
+        }
+        for (int64_t a = 0; a < 6; ++a) {    // G along x
+          filter_1d(t[a][0], t[a][1], t[a][2], t[a][3], v);
+          for (int64_t b = 0; b < 6; ++b) {
+            const int64_t point = a % 3 * 3 + b % 3, phase = a / 3 * 2 + b / 3;
+            u[(point * ci + i) * 4 * co + phase * co + o] = v[b];
+          }
+        }
+      }
+    }
+  });
 }
 
 // The adjoint of transform_weight: grad_U (9, ci, 4 co) -> grad_weight (ci, co, 4, 4).
-at::Tensor untransform_weight(const at::Tensor& grad_u, int64_t ci, int64_t co) {
-  const at::Tensor g = filter_transform(grad_u.options());
-  const at::Tensor per_phase =
-      grad_u.view({3, 3, ci, 2, 2, co}).permute({3, 0, 4, 1, 2, 5}).reshape({6, 6, ci, co});
-  return at::einsum("ak,bl,abio->iokl", {g, g, per_phase});
+template <typename T>
+void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
+  at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t o = 0; o < co; ++o) {
+        T t[6][4], row[6], col[6], k[4];     // t[py xy][kx]: G^T along x
+        for (int64_t a = 0; a < 6; ++a) {
+          for (int64_t b = 0; b < 6; ++b) {
+            const int64_t point = a % 3 * 3 + b % 3, phase = a / 3 * 2 + b / 3;
+            row[b] = gu[(point * ci + i) * 4 * co + phase * co + o];
+          }
+          filter_1d_adjoint(row, t[a]);
+        }
+        T* dst = gw + (i * co + o) * 16;
+        for (int64_t kx = 0; kx < 4; ++kx) {  // G^T along y
+          for (int64_t a = 0; a < 6; ++a) col[a] = t[a][kx];
+          filter_1d_adjoint(col, k);
+          for (int64_t ky = 0; ky < 4; ++ky) dst[ky * 4 + kx] = k[ky];
+        }
+      }
+    }
+  });
 }
 
 // Task geometry: tasks of `rows` tile rows of one sample, `tx` tiles a row.
@@ -296,14 +336,18 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   RECORD_FUNCTION("fastvae::conv_transpose_nhwc_backward", std::vector<c10::IValue>());
   const int64_t ci = weight.size(0), co = weight.size(1);
   const at::Tensor g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor u = transform_weight(weight);
+  const at::Tensor w = weight.contiguous();
+  at::Tensor u = at::empty({kPoints, ci, 4 * co}, weight.options());
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_u = at::empty({kPoints, ci, 4 * co}, weight.options());
+  at::Tensor grad_w = at::empty({ci, co, 4, 4}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_backward", [&] {
+    transform_weight(w.data_ptr<scalar_t>(), ci, co, u.data_ptr<scalar_t>());
     backward<scalar_t>(g, x, u, grad_x, grad_u);
+    untransform_weight(grad_u.data_ptr<scalar_t>(), ci, co, grad_w.data_ptr<scalar_t>());
   });
-  at::Tensor grad_weight = at::empty_like(weight);
-  grad_weight.copy_(untransform_weight(grad_u, ci, co));
+  at::Tensor grad_weight = at::empty_like(weight);  // in weight's memory format
+  grad_weight.copy_(grad_w);
   return {grad_x, grad_weight};
 }
 
