@@ -80,7 +80,14 @@ inline void filter_1d_adjoint(const T* u, T* w) {
   w[3] = u[0] + u[1];
 }
 
-// weight (ci, co, 4, 4) -> U (9, ci, 4 co): U[xy * 3 + xx][ci][(py * 2 + px) * co + o].
+// Where U (9, ci, 4 co) holds the transformed tap (a = py * 3 + xy, b = px * 3 + xx) of
+// channels (i, o): U[xy * 3 + xx][i][(py * 2 + px) * co + o].
+inline int64_t u_offset(int64_t a, int64_t b, int64_t i, int64_t o, int64_t ci, int64_t co) {
+  const int64_t point = a % 3 * 3 + b % 3, phase = a / 3 * 2 + b / 3;
+  return (point * ci + i) * 4 * co + phase * co + o;
+}
+
+// weight (ci, co, 4, 4) -> U (9, ci, 4 co), laid out as u_offset says.
 template <typename T>
 void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
   at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
@@ -94,10 +101,7 @@ void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
         }
         for (int64_t a = 0; a < 6; ++a) {    // G along x
           filter_1d(t[a][0], t[a][1], t[a][2], t[a][3], v);
-          for (int64_t b = 0; b < 6; ++b) {
-            const int64_t point = a % 3 * 3 + b % 3, phase = a / 3 * 2 + b / 3;
-            u[(point * ci + i) * 4 * co + phase * co + o] = v[b];
-          }
+          for (int64_t b = 0; b < 6; ++b) u[u_offset(a, b, i, o, ci, co)] = v[b];
         }
       }
     }
@@ -112,10 +116,7 @@ void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
       for (int64_t o = 0; o < co; ++o) {
         T t[6][4], row[6], col[6], k[4];     // t[py xy][kx]: G^T along x
         for (int64_t a = 0; a < 6; ++a) {
-          for (int64_t b = 0; b < 6; ++b) {
-            const int64_t point = a % 3 * 3 + b % 3, phase = a / 3 * 2 + b / 3;
-            row[b] = gu[(point * ci + i) * 4 * co + phase * co + o];
-          }
+          for (int64_t b = 0; b < 6; ++b) row[b] = gu[u_offset(a, b, i, o, ci, co)];
           filter_1d_adjoint(row, t[a]);
         }
         T* dst = gw + (i * co + o) * 16;
@@ -133,9 +134,10 @@ void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
 struct Tiles {
   int64_t n, h, w, ty, tx, rows, blocks;  // blocks: tasks per sample
   Tiles(int64_t n_, int64_t h_, int64_t w_) : n(n_), h(h_), w(w_), ty(h_ / 2 + 1), tx(w_ / 2 + 1) {
+    const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
     const int64_t most = std::max<int64_t>(kTaskTiles / tx, 1);  // rows a task may take
-    rows = (ty + (ty + most - 1) / most - 1) / ((ty + most - 1) / most);  // evened out
-    blocks = (ty + rows - 1) / rows;
+    rows = ceil_div(ty, ceil_div(ty, most));  // evened out over the fewest tasks
+    blocks = ceil_div(ty, rows);
   }
   int64_t tasks() const { return n * blocks; }
   int64_t max_tiles() const { return rows * tx; }

@@ -3,8 +3,8 @@
 //
 // Forward: conv_transpose2d through ATen (oneDNN, bias fused by the conv; in float32 for
 // bfloat16/float16 on CPUs without instructions for them, see conv_in_float), then one
-// pass of per-(sample, group) statistics (chunked two-pass moments merged
-// with Chan's formula) and one pass of normalize + affine/AdaIN + activation into y.
+// pass of per-(sample, group) statistics (chunked two-pass moments merged with Chan's
+// formula) and one pass of normalize + affine/AdaIN + activation into y.
 // Backward: one pass recomputing n from pre_norm and the saved statistics that yields
 // grad_scale/grad_shift, grad_bias and the group sums, a second pass writing grad_pre_norm,
 // then the convolution's backward for x and weight (csrc/cpu/conv_transpose_nhwc.cpp for
