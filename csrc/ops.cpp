@@ -22,14 +22,18 @@ TORCH_LIBRARY(fastvae, m) {
   m.def(
       "_reparam_kl_bwd(Tensor grad_z, Tensor grad_kl, Tensor mu, Tensor logvar, Tensor? eps, "
       "Tensor seed) -> (Tensor, Tensor)");
-  // Returns (y, pre_norm, mean, rstd); groups == 0 means no norm; scale/shift broadcast to y.
+  // Returns (y, pre_norm, mean, rstd); scale/shift broadcast to y. geometry: [stride_h,
+  // stride_w, padding_h, padding_w, output_padding_h, output_padding_w]. groups > 0: GroupNorm
+  // statistics, mean/rstd (N, groups); 0: no norm, (N, 0); -1: BatchNorm's per channel over
+  // (N, H, W), (1, C).
   m.def(
       "_deconv_block_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? scale, Tensor? shift, "
-      "int groups, str activation, float negative_slope, float eps) "
+      "int[] geometry, int groups, str activation, float negative_slope, float eps) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // Returns (grad_x, grad_weight, grad_bias, grad_scale, grad_shift); absent ones are empty.
   m.def(
       "_deconv_block_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor pre_norm, Tensor mean, "
-      "Tensor rstd, Tensor? scale, Tensor? shift, bool has_bias, int groups, str activation, "
-      "float negative_slope, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor rstd, Tensor? scale, Tensor? shift, bool has_bias, int[] geometry, int groups, "
+      "str activation, float negative_slope, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -33,13 +33,14 @@ def reparam_kl_bwd(grad_z, grad_kl, mu, logvar, eps, seed):
     return torch.ops.fastvae._reparam_kl_bwd(grad_z, grad_kl, mu, logvar, eps, seed)
 
 
-def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative_slope, eps):
+def deconv_block_fwd(x, weight, bias, scale, shift, geometry, groups, activation,
+                     negative_slope, eps):
     return torch.ops.fastvae._deconv_block_fwd(
-        x, weight, bias, scale, shift, groups, activation, negative_slope, eps)
+        x, weight, bias, scale, shift, geometry, groups, activation, negative_slope, eps)
 
 
 def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
-                     groups, activation, negative_slope, eps):
+                     geometry, groups, activation, negative_slope, eps):
     return torch.ops.fastvae._deconv_block_bwd(
         grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
-        groups, activation, negative_slope, eps)
+        geometry, groups, activation, negative_slope, eps)

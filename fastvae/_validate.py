@@ -3,8 +3,8 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("none", "mean", "sum")
-NORMS = ("group", "instance", "none")
-ACTIVATIONS = ("leaky_relu", "silu", "relu", "none")
+NORMS = ("group", "instance", "batch", "none")
+ACTIVATIONS = ("leaky_relu", "silu", "relu", "tanh", "sigmoid", "gelu", "gelu_tanh", "none")
 
 
 def tensor(name, t, like=None, *, optional=False):
@@ -32,7 +32,7 @@ def choice(name, value, options):
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
 
 
-def reparam_kl(mu, logvar, eps, seed, reduction):
+def reparam_kl(mu, logvar, eps, seed, generator, reduction):
     tensor("mu", mu)
     tensor("logvar", logvar, mu)
     tensor("eps", eps, mu, optional=True)
@@ -44,27 +44,70 @@ def reparam_kl(mu, logvar, eps, seed, reduction):
     shape("eps", eps, mu.shape, " (the shape of mu)")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if seed is not None:
+            raise ValueError("give seed or generator, not both")
     choice("reduction", reduction, REDUCTIONS)
 
 
-def deconv_block(x, weight, bias, norm, num_groups, norm_weight, norm_bias,
-                 style_scale, style_shift, activation, eps):
+def _pair(name, value):
+    """An int or a pair of ints as a pair, else a TypeError naming the argument."""
+    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def geometry(x, weight, stride, padding, output_padding):
+    """[stride_h, stride_w, padding_h, padding_w, output_padding_h, output_padding_w] of the
+    transposed convolution, checked as nn.ConvTranspose2d checks them, defaults filled in."""
     tensor("x", x)
+    tensor("weight", weight, x)
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, Cin, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight must have shape (Cin={x.shape[1]}, Cout, kH, kW), the "
+                         f"nn.ConvTranspose2d layout; got {tuple(weight.shape)}")
+    k = tuple(weight.shape[2:])
+    if min(k) < 1:
+        raise ValueError(f"weight's kernel size must be positive, got {k}")
+    s = _pair("stride", stride)
+    if min(s) < 1:
+        raise ValueError(f"stride must be positive, got {stride!r}")
+    if padding is None:  # today's meaning for 4x4 kernels, else what keeps stride x the input
+        p = tuple(1 if kd == 4 else max(0, (kd - sd) // 2) for kd, sd in zip(k, s))
+    else:
+        p = _pair("padding", padding)
+        if min(p) < 0:
+            raise ValueError(f"padding must be non-negative, got {padding!r}")
+    if output_padding is None:  # exactly stride x the input where some valid value does it
+        op = tuple(sd - kd + 2 * pd if 0 <= sd - kd + 2 * pd < sd else 0
+                   for kd, sd, pd in zip(k, s, p))
+    else:
+        op = _pair("output_padding", output_padding)
+        if min(op) < 0 or any(o >= sd for o, sd in zip(op, s)):
+            raise ValueError(f"output_padding must be in [0, stride) (dilation is 1), got "
+                             f"{output_padding!r} with stride {s}")
+    return [*s, *p, *op]
+
+
+def deconv_block(x, weight, bias, out_hw, norm, num_groups, norm_weight, norm_bias,
+                 running_mean, running_var, momentum, training, style_scale, style_shift,
+                 activation, eps):
+    """The rest of deconv_block's arguments, after geometry() checked x and weight."""
     if x.shape[0] == 0:
         raise ValueError("x has an empty batch (shape[0] == 0)")
     if x.numel() == 0:
         raise ValueError(f"x has no elements, shape {tuple(x.shape)}")
-    tensor("weight", weight, x)
-    n, cin, h, w = x.shape
-    if weight.dim() != 4 or weight.shape[0] != cin or tuple(weight.shape[2:]) != (4, 4):
-        raise ValueError(
-            f"weight must have shape (Cin={cin}, Cout, 4, 4), the nn.ConvTranspose2d layout "
-            f"of the kernel_size=4, stride=2, padding=1 block; got {tuple(weight.shape)}")
+    n = x.shape[0]
     cout = weight.shape[1]
     if cout == 0:
         raise ValueError("weight has Cout == 0 output channels")
+    if min(out_hw) < 1:
+        raise ValueError(f"the output would be {out_hw[0]}x{out_hw[1]}: padding is too large "
+                         f"for this input and kernel")
     for name, t in (("bias", bias), ("norm_weight", norm_weight), ("norm_bias", norm_bias)):
         tensor(name, t, x, optional=True)
         shape(name, t, (cout,))
@@ -74,7 +117,9 @@ def deconv_block(x, weight, bias, norm, num_groups, norm_weight, norm_bias,
             raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
         if cout % num_groups:
             raise ValueError(f"num_groups={num_groups} does not divide Cout={cout}")
-    style_shapes = ((n, cout), (n, cout, 2 * h, 2 * w))
+    _batch_norm(norm, running_mean, running_var, momentum, training, n * out_hw[0] * out_hw[1],
+                x, cout)
+    style_shapes = ((n, cout), (n, cout, *out_hw))
     for name, t in (("style_scale", style_scale), ("style_shift", style_shift)):
         tensor(name, t, x, optional=True)
         if t is not None and tuple(t.shape) not in style_shapes:
@@ -87,3 +132,28 @@ def deconv_block(x, weight, bias, norm, num_groups, norm_weight, norm_bias,
     choice("activation", activation, ACTIVATIONS)
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
+
+
+def _batch_norm(norm, running_mean, running_var, momentum, training, count, x, cout):
+    """running_mean/running_var/momentum/training, as F.batch_norm takes them."""
+    if norm != "batch":
+        if running_mean is not None or running_var is not None:
+            raise ValueError(f"running_mean/running_var are for norm='batch', got norm={norm!r}")
+        return
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("give both running_mean and running_var, or neither")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None:
+            tensor(name, t)
+            shape(name, t, (cout,))
+            if t.device != x.device:
+                raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {type(training).__name__}")
+    if training and running_mean is not None and (
+            isinstance(momentum, bool) or not isinstance(momentum, (int, float))):
+        raise TypeError(f"momentum must be a float when the running statistics are updated, "
+                        f"got {momentum!r}")
+    if (training or running_mean is None) and count <= 1:
+        raise ValueError(f"norm='batch' needs more than 1 value per channel for batch "
+                         f"statistics, got N*Ho*Wo = {count}")

@@ -4,14 +4,18 @@ Math runs in float32 (float64 for float64 inputs); outputs are cast back to the 
 dtype. Each op has the backend interface every backend implements:
   reparam_kl_fwd(mu, logvar, eps, seed) -> (z, kl_per_sample)
   reparam_kl_bwd(grad_z, grad_kl, mu, logvar, eps, seed) -> (grad_mu, grad_logvar)
-  deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative_slope, eps)
-      -> (y, pre_norm, mean, rstd)
+  deconv_block_fwd(x, weight, bias, scale, shift, geometry, groups, activation,
+                   negative_slope, eps) -> (y, pre_norm, mean, rstd)
   deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
-                   groups, activation, negative_slope, eps)
+                   geometry, groups, activation, negative_slope, eps)
       -> (grad_x, grad_weight, grad_bias, grad_scale, grad_shift)
 `seed` is a 0-d int64 tensor. `scale`/`shift` are None or 4-D tensors that broadcast to
 the output: (1, C, 1, 1) for norm_weight/norm_bias, (N, C, 1, 1) or (N, C, H, W) for
-AdaIN. `groups` is 0 for no norm. Absent gradients come back as None.
+AdaIN. `geometry` is the transposed convolution's [stride_h, stride_w, padding_h,
+padding_w, output_padding_h, output_padding_w] (dilation 1, groups 1). `groups`: > 0 for
+GroupNorm statistics per (sample, group), mean/rstd (N, groups); 0 for no norm, mean/rstd
+(N, 0); BATCH (-1) for BatchNorm statistics per channel over (N, H, W), mean/rstd (1, C).
+Absent gradients come back as None.
 """
 from typing import Optional
 
@@ -20,6 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import philox
+
+BATCH = -1  # `groups` value of BatchNorm's per-channel statistics over (N, H, W)
+K4S2P1 = [2, 2, 1, 1, 0, 0]  # geometry of the classic block: 4x4 kernel, stride 2, padding 1
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -67,6 +74,14 @@ def activate(a: Tensor, activation: str, negative_slope: float) -> Tensor:
         return F.relu(a)
     if activation == "silu":
         return F.silu(a)
+    if activation == "tanh":
+        return torch.tanh(a)
+    if activation == "sigmoid":
+        return torch.sigmoid(a)
+    if activation == "gelu":
+        return F.gelu(a)
+    if activation == "gelu_tanh":
+        return F.gelu(a, approximate="tanh")
     return a
 
 
@@ -81,29 +96,59 @@ def activate_grad(a: Tensor, activation: str, negative_slope: float) -> Tensor:
     if activation == "silu":
         s = torch.sigmoid(a)
         return s * (1 + a * (1 - s))
+    if activation == "tanh":
+        return 1 - torch.tanh(a).square()
+    if activation == "sigmoid":
+        s = torch.sigmoid(a)
+        return s * (1 - s)
+    if activation == "gelu":  # Phi(a) + a * phi(a)
+        return 0.5 * (1 + torch.erf(a * 0.5**0.5)) + a * torch.exp(-0.5 * a * a) * (2 * torch.pi) ** -0.5
+    if activation == "gelu_tanh":  # 0.5 a (1 + tanh(u)), u = sqrt(2/pi) (a + 0.044715 a^3)
+        k = (2 / torch.pi) ** 0.5
+        t = torch.tanh(k * (a + 0.044715 * a**3))
+        return 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * k * (1 + 3 * 0.044715 * a * a)
     return torch.ones_like(a)
 
 
+def _grouped(t: Tensor, groups: int) -> Tensor:
+    """t (N, C, H, W) as (S, G, L), reduced over L: (N, groups, C/groups*H*W) per sample,
+    or for BATCH (1, C, N*H*W) per channel (a copy)."""
+    if groups == BATCH:
+        return t.transpose(0, 1).reshape(1, t.shape[1], -1)
+    return t.reshape(t.shape[0], groups, -1)
+
+
+def _ungrouped(g: Tensor, groups: int, shape) -> Tensor:
+    """The inverse of _grouped."""
+    if groups == BATCH:
+        return g.view(shape[1], shape[0], *shape[2:]).transpose(0, 1)
+    return g.reshape(shape)
+
+
 def group_stats(h: Tensor, groups: int, eps: float):
-    """Biased mean and 1/sqrt(var + eps) of each (sample, group): (N, groups) each."""
-    g = h.reshape(h.shape[0], groups, -1)
+    """Biased mean and 1/sqrt(var + eps) of each (sample, group), (N, groups) each, or of
+    each channel over (N, H, W) for BATCH, (1, C) each."""
+    g = _grouped(h, groups)
     mean = g.mean(-1)
     var = (g - mean[..., None]).square().mean(-1)
     return mean, torch.rsqrt(var + eps)
 
 
 def normalize(h: Tensor, mean: Tensor, rstd: Tensor, groups: int) -> Tensor:
-    g = h.reshape(h.shape[0], groups, -1)
-    return ((g - mean[..., None]) * rstd[..., None]).view(h.shape)
+    g = _grouped(h, groups)
+    return _ungrouped((g - mean[..., None]) * rstd[..., None], groups, h.shape)
 
 
-def conv_transpose(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return F.conv_transpose2d(x, weight, bias, stride=2, padding=1)
+def conv_transpose(x: Tensor, weight: Tensor, bias: Optional[Tensor], geometry) -> Tensor:
+    sh, sw, ph, pw, oh, ow = geometry
+    return F.conv_transpose2d(x, weight, bias, stride=(sh, sw), padding=(ph, pw),
+                              output_padding=(oh, ow))
 
 
-def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative_slope, eps):
+def deconv_block_fwd(x, weight, bias, scale, shift, geometry, groups, activation,
+                     negative_slope, eps):
     acc = compute_dtype(x.dtype)
-    pre_norm = conv_transpose(x, weight, bias)  # (N, C, 2H, 2W), x's dtype
+    pre_norm = conv_transpose(x, weight, bias, geometry)  # (N, C, Ho, Wo), x's dtype
     h = pre_norm.to(acc)
     if groups:
         mean, rstd = group_stats(h, groups, eps)
@@ -120,7 +165,7 @@ def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative
 
 
 def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
-                     groups, activation, negative_slope, eps):
+                     geometry, groups, activation, negative_slope, eps):
     acc = compute_dtype(x.dtype)
     h = pre_norm.to(acc)
     if groups:  # statistics recomputed: the reference trusts nothing it was handed
@@ -136,21 +181,22 @@ def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_
     grad_shift = None if shift is None else g_a.sum_to_size(shift.shape).to(shift.dtype)
     g_n = g_a if scale is None else g_a * scale.to(acc)
     if groups:
-        gn = g_n.reshape(h.shape[0], groups, -1)
-        nn_ = n.reshape(h.shape[0], groups, -1)
+        gn, nn_ = _grouped(g_n, groups), _grouped(n, groups)
         g_h = rstd[..., None] * (gn - gn.mean(-1, keepdim=True)
                                  - nn_ * (gn * nn_).mean(-1, keepdim=True))
-        g_h = g_h.view(h.shape)
+        g_h = _ungrouped(g_h, groups, h.shape)
     else:
         g_h = g_n
     grad_x, grad_weight, grad_bias = conv_transpose_backward(
-        g_h.to(x.dtype), x, weight, has_bias)
+        g_h.to(x.dtype), x, weight, has_bias, geometry)
     return grad_x, grad_weight, grad_bias, grad_scale, grad_shift
 
 
-def conv_transpose_backward(grad_out: Tensor, x: Tensor, weight: Tensor, has_bias: bool):
-    """Gradients of conv_transpose2d(x, weight, bias, stride=2, padding=1) through ATen."""
+def conv_transpose_backward(grad_out: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
+                            geometry):
+    """Gradients of conv_transpose2d(x, weight, bias, *geometry) through ATen."""
+    sh, sw, ph, pw, oh, ow = geometry
     grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
         grad_out, x, weight, [weight.shape[1]] if has_bias else None,
-        [2, 2], [1, 1], [1, 1], True, [0, 0], 1, [True, True, has_bias])
+        [sh, sw], [ph, pw], [1, 1], True, [oh, ow], 1, [True, True, has_bias])
     return grad_x, grad_weight, grad_bias

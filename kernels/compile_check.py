@@ -27,6 +27,7 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from fastvae.kernels import deconv_block, reparam_kl  # noqa: E402
+from fastvae.reference import K4S2P1  # noqa: E402
 
 ARCHS = (80, 90)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -109,13 +110,14 @@ def deconv_block_launches(arch):
                 deconv_block.conv_config, saved = (lambda *_, cfg=cfg: cfg), deconv_block.conv_config
                 try:
                     calls += _record(deconv_block, lambda: deconv_block.deconv_block_fwd(
-                        x, weight, bias, scale, shift, groups, act, 0.2, 1e-5))
+                        x, weight, bias, scale, shift, K4S2P1, groups, act, 0.2, 1e-5))
                 finally:
                     deconv_block.conv_config = saved
             y, pre, mean, rstd = (torch.zeros(out_shape, dtype=dtype), torch.zeros(out_shape, dtype=dtype),
                                   torch.zeros(n, groups), torch.zeros(n, groups))
             calls += _record(deconv_block, lambda: deconv_block.deconv_block_bwd(
-                y, x, weight, pre, mean, rstd, scale, shift, True, groups, act, 0.2, 1e-5))
+                y, x, weight, pre, mean, rstd, scale, shift, True, K4S2P1, groups, act, 0.2,
+                1e-5))
     return calls
 
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvae.reference import conv_transpose_backward
+from fastvae.reference import K4S2P1, conv_transpose_backward
 
 # Conv tiles (BLOCK_M pixels x BLOCK_N output channels x BLOCK_K input channels per step).
 # tl.dot needs every dim >= 16. Per architecture a big tile for large layers and a small
@@ -435,7 +435,15 @@ def conv_config(x, cout: int):
     return big if tiles >= 2 * sms else configs[-1]
 
 
-def deconv_block_fwd(x, weight, bias, scale, shift, groups, activation, negative_slope, eps):
+def _check_supported(weight, geometry, groups):
+    if tuple(weight.shape[2:]) != (4, 4) or list(geometry) != K4S2P1 or groups < 0:
+        raise NotImplementedError("deconv_block (triton): only the 4x4 stride-2 padding-1 "
+                                  "geometry with group/instance/no norm so far")
+
+
+def deconv_block_fwd(x, weight, bias, scale, shift, geometry, groups, activation,
+                     negative_slope, eps):
+    _check_supported(weight, geometry, groups)
     n, cin, h, w = x.shape
     cout = weight.shape[1]
     ho, wo = 2 * h, 2 * w
@@ -513,7 +521,8 @@ def _affine_grad(buf, t, out_shape):
 
 
 def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_bias,
-                     groups, activation, negative_slope, eps):
+                     geometry, groups, activation, negative_slope, eps):
+    _check_supported(weight, geometry, groups)
     n, cout, ho, wo = pre_norm.shape
     out_shape = (n, cout, ho, wo)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -541,6 +550,7 @@ def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_
         HAS_SHIFT=shift is not None, SHIFT_SPATIAL=_spatial(shift, out_shape),
         ACT=ACTIVATIONS[activation], ACC=_acc(x.dtype), INTERPRET=_interpret(),
         BLOCK_C=BWD_BLOCK_C, BLOCK_HW=BWD_BLOCK_HW, num_warps=NUM_WARPS)
-    grad_x, grad_weight, grad_bias = conv_transpose_backward(grad_h, x, weight, has_bias)
+    grad_x, grad_weight, grad_bias = conv_transpose_backward(grad_h, x, weight, has_bias,
+                                                             geometry)
     return (grad_x, grad_weight, grad_bias, _affine_grad(gs, scale, out_shape),
             _affine_grad(gb, shift, out_shape))

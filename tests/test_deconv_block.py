@@ -7,6 +7,7 @@ from torch import nn
 
 import fastvae
 from conftest import assert_close_to_reference, backend_params
+from fastvae.reference import K4S2P1
 
 KERNEL_BACKENDS = [p for p in backend_params("deconv_block") if p.id != "reference"]
 ACTIVATIONS = {"leaky_relu": nn.LeakyReLU(0.2), "relu": nn.ReLU(), "silu": nn.SiLU(),
@@ -172,7 +173,7 @@ def test_opcheck(backend, norm, affine):
         scale.requires_grad_(), shift.requires_grad_()
     groups = {"group": 4, "instance": 8, "none": 0}[norm]
     args = (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), scale, shift,
-            groups, "leaky_relu", 0.2, 1e-5, backend)
+            K4S2P1, groups, "leaky_relu", 0.2, 1e-5, backend)
     torch.library.opcheck(torch.ops.fastvae.deconv_block.default, args)
 
 
@@ -220,14 +221,28 @@ def call(**overrides):
     (dict(x=torch.randn(6, 5, 3)), ValueError, "x must be 4-D"),
     (dict(x=torch.randn(0, 6, 5, 3)), ValueError, "empty batch"),
     (dict(x=torch.randint(0, 3, (2, 6, 5, 3))), TypeError, "x must be"),
-    (dict(weight=torch.randn(6, 8, 3, 3)), ValueError, "weight"),
+    (dict(weight=torch.randn(6, 8, 4)), ValueError, "weight"),
+    (dict(stride=0), ValueError, "stride"),
+    (dict(stride=(2, 2, 2)), TypeError, "stride"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(padding=9), ValueError, "padding is too large"),
+    (dict(output_padding=2), ValueError, "output_padding"),
     (dict(weight=torch.randn(5, 8, 4, 4)), ValueError, "weight"),
     (dict(weight=torch.randn(6, 8, 4, 4).double()), TypeError, "weight"),
     (dict(bias=torch.randn(7)), ValueError, "bias"),
     (dict(num_groups=3), ValueError, "num_groups"),
     (dict(num_groups=0), ValueError, "num_groups"),
-    (dict(norm="batch"), ValueError, "norm"),
-    (dict(activation="gelu"), ValueError, "activation"),
+    (dict(norm="layer"), ValueError, "norm"),
+    (dict(norm="batch", running_mean=torch.zeros(8)), ValueError, "running_var"),
+    (dict(norm="batch", running_mean=torch.zeros(7), running_var=torch.ones(7)), ValueError,
+     "running_mean"),
+    (dict(norm="batch", x=torch.randn(1, 6, 1, 1), weight=torch.randn(6, 8, 1, 1), stride=1),
+     ValueError, "more than 1 value per channel"),
+    (dict(norm="group", running_mean=torch.zeros(8), running_var=torch.ones(8)), ValueError,
+     "running_mean"),
+    (dict(norm="batch", running_mean=torch.zeros(8), running_var=torch.ones(8), momentum=None),
+     TypeError, "momentum"),
+    (dict(activation="elu"), ValueError, "activation"),
     (dict(norm_weight=torch.randn(3)), ValueError, "norm_weight"),
     (dict(style_scale=torch.randn(2, 7)), ValueError, "style_scale"),
     (dict(style_shift=torch.randn(2, 8, 5, 3)), ValueError, "style_shift"),

@@ -14,6 +14,7 @@ from torch import nn
 import fastvae
 from fastvae import reference
 from fastvae.ops import backend_norm_args
+from fastvae.reference import K4S2P1
 from conftest import assert_close_to_reference, backend_params
 from test_deconv_block import make_args, run, tensors_of
 
@@ -83,7 +84,7 @@ def compare_backward_on_native_forward(dtype, norm, affine, activation, layout, 
     groups, scale, shift = backend_norm_args(
         norm, groups, cout, *(kwargs.get(k) for k in ("norm_weight", "norm_bias", "style_scale",
                                                        "style_shift")))
-    options = (groups, activation, 0.2, 1e-5)
+    options = (K4S2P1, groups, activation, 0.2, 1e-5)
     inputs = (x, weight, bias, scale, shift)
     y, pre, mean, rstd = torch.ops.fastvae._deconv_block_fwd(*inputs, *options)
     y_low = reference.deconv_block_fwd(*inputs, *options)[0]
@@ -162,7 +163,7 @@ def test_statistics_stable_when_mean_dwarfs_std(layout):
     x, weight, _, _ = make_args(n=2, cin=6, cout=8, h=9, w=9, layout=layout)
     bias = torch.full((8,), 1e4)
     y, pre, mean, rstd = torch.ops.fastvae._deconv_block_fwd(
-        x, weight, bias, None, None, 4, "none", 0.2, 1e-5)
+        x, weight, bias, None, None, K4S2P1, 4, "none", 0.2, 1e-5)
     g = pre.double().reshape(2, 4, -1)
     exact_mean, exact_var = g.mean(-1), g.var(-1, unbiased=False)
     assert exact_var.min() > 0.05  # the test is meaningful: std far below the mean
@@ -177,7 +178,7 @@ def test_outputs_are_fresh_and_in_the_input_layout(layout):
     x, weight, bias, kwargs = make_args(layout=layout, affine="spatial")
     scale, shift = kwargs["style_scale"], kwargs["style_shift"]
     y, pre, mean, rstd = torch.ops.fastvae._deconv_block_fwd(
-        x, weight, bias, scale, shift, 4, "silu", 0.2, 1e-5)
+        x, weight, bias, scale, shift, K4S2P1, 4, "silu", 0.2, 1e-5)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt) and pre.is_contiguous(memory_format=fmt)
     assert mean.shape == rstd.shape == (2, 4) and mean.dtype == torch.float32
@@ -185,19 +186,20 @@ def test_outputs_are_fresh_and_in_the_input_layout(layout):
     outputs = [t.untyped_storage().data_ptr() for t in (y, pre, mean, rstd)]
     assert len(set(outputs)) == 4 and not inputs & set(outputs)
     grads = torch.ops.fastvae._deconv_block_bwd(
-        torch.randn_like(y), x, weight, pre, mean, rstd, scale, shift, True, 4, "silu", 0.2, 1e-5)
+        torch.randn_like(y), x, weight, pre, mean, rstd, scale, shift, True, K4S2P1, 4, "silu",
+        0.2, 1e-5)
     assert grads[0].shape == x.shape and grads[3].shape == scale.shape
     assert all(g.untyped_storage().data_ptr() not in inputs | set(outputs) for g in grads if g.numel())
 
 
 def test_no_norm_statistics_are_empty():
     x, weight, bias, _ = make_args()
-    _, _, mean, rstd = torch.ops.fastvae._deconv_block_fwd(x, weight, bias, None, None, 0, "relu",
-                                                           0.2, 1e-5)
+    _, _, mean, rstd = torch.ops.fastvae._deconv_block_fwd(x, weight, bias, None, None, K4S2P1, 0,
+                                                           "relu", 0.2, 1e-5)
     assert mean.shape == rstd.shape == (2, 0)
     grads = torch.ops.fastvae._deconv_block_bwd(
         torch.randn(2, 8, 10, 6), x, weight, torch.randn(2, 8, 10, 6), mean, rstd, None, None,
-        False, 0, "relu", 0.2, 1e-5)
+        False, K4S2P1, 0, "relu", 0.2, 1e-5)
     assert [g.numel() for g in grads[2:]] == [0, 0, 0]
 
 
@@ -213,7 +215,7 @@ def test_opcheck(norm, affine):
         scale.requires_grad_(), shift.requires_grad_()
     groups = {"group": 4, "instance": 8, "none": 0}[norm]
     args = (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), scale, shift,
-            groups, "silu", 0.2, 1e-5, "native")
+            K4S2P1, groups, "silu", 0.2, 1e-5, "native")
     torch.library.opcheck(torch.ops.fastvae.deconv_block.default, args)
 
 

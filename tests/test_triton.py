@@ -10,6 +10,7 @@ import torch
 
 import fastvae
 from fastvae import philox, reference
+from fastvae.reference import K4S2P1
 from tests.conftest import LOW_PRECISION_FLOOR, assert_close_to_reference, noncontiguous
 
 from fastvae.kernels import reparam_kl as rk
@@ -280,9 +281,10 @@ def test_deconv_block_backend_interface_stats():
     """mean/rstd from the conv epilogue's partials equal the reference's statistics."""
     t = _deconv_inputs((2, 20, 5, 7), 20, "none")
     for groups in (1, 5, 20):
-        got = db.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None, groups, "none", 0.2, 1e-5)
-        ref = reference.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None, groups,
-                                         "none", 0.2, 1e-5)
+        got = db.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None, K4S2P1, groups, "none", 0.2,
+                                  1e-5)
+        ref = reference.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None,
+                                         K4S2P1, groups, "none", 0.2, 1e-5)
         for name, a, b in zip(("y", "pre_norm", "mean", "rstd"), got, ref):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
         assert got[2].shape == (2, groups) and got[2].dtype == torch.float32
@@ -313,9 +315,10 @@ def test_deconv_block_opcheck(affine):
     for a in args:
         a.requires_grad_(True)
     torch.library.opcheck(torch.ops.fastvae.deconv_block.default,
-                          (*args, 2, "leaky_relu", 0.2, 1e-5, "triton"))
+                          (*args, K4S2P1, 2, "leaky_relu", 0.2, 1e-5, "triton"))
     torch.library.opcheck(torch.ops.fastvae.deconv_block.default,
-                          (*[a.detach() for a in args], 0, "silu", 0.2, 1e-5, "triton"))
+                          (*[a.detach() for a in args], K4S2P1, 0, "silu", 0.2, 1e-5,
+                           "triton"))
 
 
 def test_deconv_block_compile_fullgraph():

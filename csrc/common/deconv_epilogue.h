@@ -23,7 +23,22 @@
 namespace fastvae {
 namespace deconv {
 
-enum class Activation : int { kNone = 0, kLeakyRelu = 1, kRelu = 2, kSilu = 3 };
+enum class Activation : int {
+  kNone = 0,
+  kLeakyRelu = 1,
+  kRelu = 2,
+  kSilu = 3,
+  kTanh = 4,
+  kSigmoid = 5,
+  kGelu = 6,      // a * Phi(a), the erf form (nn.GELU())
+  kGeluTanh = 7,  // nn.GELU(approximate="tanh")
+};
+
+// Constants of the GELU forms: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi), and the cubic term.
+constexpr double kSqrtHalf = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+constexpr double kSqrt2OverPi = 0.79788456080286535588;
+constexpr double kGeluCubic = 0.044715;
 
 // (count, mean, M2): a partial of the biased variance M2 / count.
 template <typename T>
@@ -86,6 +101,11 @@ FASTVAE_HD inline T activate(T a, Activation act, T slope) {
     case Activation::kLeakyRelu: return max0(a) + slope * min0(a);
     case Activation::kRelu: return max0(a);
     case Activation::kSilu: return a * sigmoid(a);
+    case Activation::kTanh: return std::tanh(a);
+    case Activation::kSigmoid: return sigmoid(a);
+    case Activation::kGelu: return T(0.5) * a * (T(1) + std::erf(a * T(kSqrtHalf)));
+    case Activation::kGeluTanh:
+      return T(0.5) * a * (T(1) + std::tanh(T(kSqrt2OverPi) * (a + T(kGeluCubic) * a * a * a)));
     default: return a;
   }
 }
@@ -99,6 +119,23 @@ FASTVAE_HD inline T activate_grad(T a, Activation act, T slope) {
     case Activation::kSilu: {
       T s = sigmoid(a);
       return s * (T(1) + a * (T(1) - s));
+    }
+    case Activation::kTanh: {
+      T t = std::tanh(a);
+      return T(1) - t * t;
+    }
+    case Activation::kSigmoid: {
+      T s = sigmoid(a);
+      return s * (T(1) - s);
+    }
+    case Activation::kGelu:  // Phi(a) + a * phi(a)
+      return T(0.5) * (T(1) + std::erf(a * T(kSqrtHalf))) +
+             a * T(kInvSqrt2Pi) * std::exp(T(-0.5) * a * a);
+    case Activation::kGeluTanh: {
+      T a2 = a * a;
+      T t = std::tanh(T(kSqrt2OverPi) * (a + T(kGeluCubic) * a2 * a));
+      return T(0.5) * (T(1) + t) +
+             T(0.5) * a * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * a2);
     }
     default: return T(1);
   }

@@ -91,6 +91,27 @@ at::Tensor conv_activation(const at::Tensor& t, bool upcast) {
   return cpu::to_layout(t, upcast ? at::kFloat : t.scalar_type(), at::MemoryFormat::ChannelsLast);
 }
 
+// The transposed convolution's [stride_h, stride_w, padding_h, padding_w, output_padding_h,
+// output_padding_w] (dilation 1, groups 1).
+struct Geometry {
+  int64_t v[6];
+  at::IntArrayRef stride() const { return {v, 2}; }
+  at::IntArrayRef padding() const { return {v + 2, 2}; }
+  at::IntArrayRef output_padding() const { return {v + 4, 2}; }
+  // The 4x4 stride-2 padding-1 block: the Winograd backward's geometry.
+  bool is_k4s2p1(const at::Tensor& weight) const {
+    return weight.size(2) == 4 && weight.size(3) == 4 && v[0] == 2 && v[1] == 2 && v[2] == 1 &&
+           v[3] == 1 && v[4] == 0 && v[5] == 0;
+  }
+};
+
+Geometry parse_geometry(at::IntArrayRef g) {
+  TORCH_CHECK(g.size() == 6, "deconv_block: geometry must hold 6 ints, got ", g.size());
+  Geometry geo;
+  std::copy(g.begin(), g.end(), geo.v);
+  return geo;
+}
+
 at::MemoryFormat format_of(const at::Tensor& x) {
   // The public op's rule (fastvae/ops.py _memory_format): channels_last only when x is.
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
@@ -280,8 +301,10 @@ void normalize_activate(const at::Tensor& pre, at::Tensor& y, bool nhwc, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
-    int64_t groups, c10::string_view activation, double negative_slope, double eps) {
+    at::IntArrayRef geometry, int64_t groups, c10::string_view activation, double negative_slope,
+    double eps) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "deconv_block: x and weight must be 4-D");
+  const Geometry geo = parse_geometry(geometry);
   const Activation act = parse_activation(activation);
   const at::MemoryFormat fmt = format_of(x);
   const bool upcast = conv_in_float(x.scalar_type());
@@ -289,7 +312,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
   const at::Tensor pre = cpu::to_layout(
       at::conv_transpose2d(conv_activation(x, upcast),
-                           conv_operand(weight, upcast), b, {2, 2}, {1, 1}),
+                           conv_operand(weight, upcast), b, geo.stride(), geo.padding(),
+                           geo.output_padding()),
       x.scalar_type(), fmt);
   const int64_t n = pre.size(0), c = pre.size(1);
   TORCH_CHECK(groups >= 0 && (groups == 0 || c % groups == 0),
@@ -539,9 +563,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& pre_norm, const at::Tensor& mean, const at::Tensor& rstd,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
-    bool has_bias, int64_t groups, c10::string_view activation, double negative_slope,
-    double eps) {
+    bool has_bias, at::IntArrayRef geometry, int64_t groups, c10::string_view activation,
+    double negative_slope, double eps) {
   const Activation act = parse_activation(activation);
+  const Geometry geo = parse_geometry(geometry);
   const at::MemoryFormat fmt = format_of(x);
   const at::Tensor pre = pre_norm.contiguous(fmt);
   const at::Tensor gy = grad_y.to(pre.scalar_type()).contiguous(fmt);
@@ -579,12 +604,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   const at::Tensor wc = conv_operand(weight, upcast);
   const at::Tensor ghc = conv_activation(gh, upcast);
   at::Tensor grad_x, grad_weight;
-  if (cpu::conv_transpose_nhwc_supported(xc, wc)) {
+  if (geo.is_k4s2p1(weight) && cpu::conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = cpu::conv_transpose_nhwc_backward(ghc, xc, wc);
   } else {
     std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
-        ghc, xc, wc, at::OptionalIntArrayRef(), {2, 2}, {1, 1}, {1, 1}, true, {0, 0}, 1,
-        {true, true, false});
+        ghc, xc, wc, at::OptionalIntArrayRef(), geo.stride(), geo.padding(), {1, 1}, true,
+        geo.output_padding(), 1, {true, true, false});
   }
   grad_x = cpu::to_layout(grad_x, x.scalar_type(), fmt);
   if (upcast) grad_weight = grad_weight.to(weight.scalar_type());

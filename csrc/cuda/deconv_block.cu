@@ -263,7 +263,9 @@ at::Tensor affine_operand(const c10::optional<at::Tensor>& t, const at::Tensor& 
   return t->to(acc.dtype()).expand(out.sizes()).contiguous(fmt);
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& weight) {
+void check_inputs(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef geometry) {
+  TORCH_CHECK(geometry.size() == 6, "deconv_block: geometry must hold 6 ints, got ",
+              geometry.size());
   TORCH_CHECK(x.is_cuda(), "deconv_block: x must be a CUDA tensor, got ", x.device());
   TORCH_CHECK(weight.device() == x.device(), "deconv_block: weight must be on x's device (",
               x.device(), "), got ", weight.device());
@@ -273,12 +275,14 @@ void check_inputs(const at::Tensor& x, const at::Tensor& weight) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
-    int64_t groups, c10::string_view activation, double negative_slope, double eps) {
-  check_inputs(x, weight);
+    at::IntArrayRef geometry, int64_t groups, c10::string_view activation, double negative_slope,
+    double eps) {
+  check_inputs(x, weight, geometry);
   const c10::cuda::CUDAGuard guard(x.device());
   const Activation act = parse_activation(activation);
   const at::MemoryFormat fmt = format_of(x);
-  at::Tensor pre = at::conv_transpose2d(x.contiguous(fmt), weight, bias, {2, 2}, {1, 1})
+  at::Tensor pre = at::conv_transpose2d(x.contiguous(fmt), weight, bias, geometry.slice(0, 2),
+                                        geometry.slice(2, 2), geometry.slice(4, 2))
                        .contiguous(fmt);
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
   TORCH_CHECK(groups >= 0 && (groups == 0 || c % groups == 0),
@@ -329,9 +333,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& pre_norm, const at::Tensor& mean, const at::Tensor& rstd,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
-    bool has_bias, int64_t groups, c10::string_view activation, double negative_slope,
-    double eps) {
-  check_inputs(x, weight);
+    bool has_bias, at::IntArrayRef geometry, int64_t groups, c10::string_view activation,
+    double negative_slope, double eps) {
+  check_inputs(x, weight, geometry);
   TORCH_CHECK(grad_y.device() == x.device() && pre_norm.device() == x.device(),
               "deconv_block: grad_y and pre_norm must be on x's device");
   const c10::cuda::CUDAGuard guard(x.device());
@@ -391,8 +395,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   auto grads = at::convolution_backward(gh, x.contiguous(fmt), weight,
                                         has_bias ? at::OptionalIntArrayRef({weight.size(1)})
                                                  : at::OptionalIntArrayRef(),
-                                        {2, 2}, {1, 1}, {1, 1}, true, {0, 0}, 1,
-                                        {true, true, has_bias});
+                                        geometry.slice(0, 2), geometry.slice(2, 2), {1, 1}, true,
+                                        geometry.slice(4, 2), 1, {true, true, has_bias});
   at::Tensor grad_bias = has_bias ? std::get<2>(grads) : at::empty({0}, x.options());
   return {std::get<0>(grads), std::get<1>(grads), grad_bias, grad_scale, grad_shift};
 }
