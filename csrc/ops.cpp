@@ -36,4 +36,7 @@ TORCH_LIBRARY(fastvae, m) {
       "Tensor rstd, Tensor? scale, Tensor? shift, bool has_bias, int[] geometry, int groups, "
       "str activation, float negative_slope, float eps) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // CPU: the name of the convolution path _deconv_block_* take for these operands
+  // (csrc/cpu/conv_plan.h).
+  m.def("_deconv_block_conv_plan(Tensor x, Tensor weight, int[] geometry) -> str");
 }

@@ -8,9 +8,9 @@
 // Backward: one pass recomputing n from pre_norm and the saved statistics that yields
 // grad_scale/grad_shift, grad_bias and the group sums, a second pass writing grad_pre_norm,
 // then the convolution's backward for x and weight (csrc/cpu/conv_transpose_nhwc.cpp for
-// float32/float64, ATen's convolution_backward otherwise). Both convolutions run in
-// channels_last whatever x's layout (conv_activation). The per-element math is
-// csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
+// float32/float64, ATen's convolution_backward otherwise). The layout both convolutions run
+// in and the backward's algorithm are the call's conv plan (cpu/conv_plan.h). The
+// per-element math is csrc/common/deconv_epilogue.h, shared with the CUDA kernels.
 //
 // Layouts: pre_norm, in x's layout, is dense NCHW (a (sample, channel) plane is a
 // contiguous run of H*W) or dense NHWC (a (sample, pixel) row is a contiguous run of C);
@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/deconv_epilogue.h"
+#include "cpu/conv_plan.h"
 #include "cpu/conv_transpose_nhwc.h"
 #include "cpu/layout.h"
 
@@ -83,12 +84,12 @@ at::Tensor conv_operand(const at::Tensor& t, bool upcast) {
   return upcast ? t.to(at::kFloat) : t;
 }
 
-// x or grad_pre_norm as the convolutions take them: channels_last whatever the block's
-// layout, in float32 when `upcast`. The Winograd backward is channels_last only, and
-// oneDNN's NCHW forward with autograd on took 40 ms at 64->32@64 (28 of them its own
-// reorders) against 13 in channels_last; the layout copies (cpu/layout.h) cost less.
-at::Tensor conv_activation(const at::Tensor& t, bool upcast) {
-  return cpu::to_layout(t, upcast ? at::kFloat : t.scalar_type(), at::MemoryFormat::ChannelsLast);
+// x or grad_pre_norm as the convolutions take them: in the plan's layout (cpu/conv_plan.h),
+// in float32 when `upcast`.
+at::Tensor conv_activation(const at::Tensor& t, bool upcast, const cpu::ConvPlan& plan) {
+  return cpu::to_layout(t, upcast ? at::kFloat : t.scalar_type(),
+                        plan.channels_last ? at::MemoryFormat::ChannelsLast
+                                           : at::MemoryFormat::Contiguous);
 }
 
 // The transposed convolution's [stride_h, stride_w, padding_h, padding_w, output_padding_h,
@@ -308,10 +309,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   const Activation act = parse_activation(activation);
   const at::MemoryFormat fmt = format_of(x);
   const bool upcast = conv_in_float(x.scalar_type());
+  const cpu::ConvPlan plan =
+      cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight), upcast ? at::kFloat : x.scalar_type());
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
   const at::Tensor pre = cpu::to_layout(
-      at::conv_transpose2d(conv_activation(x, upcast),
+      at::conv_transpose2d(conv_activation(x, upcast, plan),
                            conv_operand(weight, upcast), b, geo.stride(), geo.padding(),
                            geo.output_padding()),
       x.scalar_type(), fmt);
@@ -600,11 +603,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   });
   if (!has_bias) grad_bias = at::empty({0}, x.options());
   const bool upcast = conv_in_float(x.scalar_type());
-  const at::Tensor xc = conv_activation(x, upcast);
+  const cpu::ConvPlan plan =
+      cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight), upcast ? at::kFloat : x.scalar_type());
+  const at::Tensor xc = conv_activation(x, upcast, plan);
   const at::Tensor wc = conv_operand(weight, upcast);
-  const at::Tensor ghc = conv_activation(gh, upcast);
+  const at::Tensor ghc = conv_activation(gh, upcast, plan);
   at::Tensor grad_x, grad_weight;
-  if (geo.is_k4s2p1(weight) && cpu::conv_transpose_nhwc_supported(xc, wc)) {
+  if (plan.winograd && cpu::conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = cpu::conv_transpose_nhwc_backward(ghc, xc, wc);
   } else {
     std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
@@ -616,11 +621,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
 }
 
+// The name of the conv path a call with these operands takes (for tests and tools).
+std::string deconv_block_conv_plan(const at::Tensor& x, const at::Tensor& weight,
+                                   at::IntArrayRef geometry) {
+  const bool upcast = conv_in_float(x.scalar_type());
+  return cpu::plan_conv(x, weight.size(1), parse_geometry(geometry).is_k4s2p1(weight),
+                        upcast ? at::kFloat : x.scalar_type()).name();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
   m.impl("_deconv_block_fwd", &deconv_block_fwd);
   m.impl("_deconv_block_bwd", &deconv_block_bwd);
+  m.impl("_deconv_block_conv_plan", &deconv_block_conv_plan);
 }
 
 }  // namespace fastvae

@@ -1,0 +1,206 @@
+"""deconv_block over the layers of real decoders, forward + backward (issue 13).
+
+    pytest bench/bench_shapes.py --benchmark-only [-k dcgan] [-s]
+
+One group per layer: DCGAN's generator (pytorch/examples dcgan/main.py; BatchNorm + ReLU,
+the last layer Tanh; batch 16 and 64), pix2pix's UnetGenerator up path (InstanceNorm, the
+ReLU sits before the conv; batch 1 and 8), a GroupNorm(32) + SiLU decoder and the three
+GroupNorm(32) + LeakyReLU blocks of bench_deconv_block_native.py (batch 8). Entries, each
+forward + backward with a random upstream gradient:
+  native_nchw / native_cl   fastvae.deconv_block(backend="native") on an NCHW / channels_last x
+  eager_nchw / eager_cl     the torch.nn modules (ConvTranspose2d, norm, activation)
+  compile_nchw              torch.compile of the eager modules, NCHW (channels_last too with
+                            FASTVAE_BENCH_COMPILE_CL=1: every compile costs seconds)
+  conv_nchw / conv_cl       the bare ConvTranspose2d with bias: the floor
+The summary at the end times every entry of a layer interleaved (one call of each per round,
+the least of the rounds kept) and prints, per layer, native in the user's layout (NCHW)
+against eager and compile in their faster layout, and native against the bare conv. The
+header names the CPU and the instruction sets it has. With FASTVAE_BENCH_JSON=path the
+interleaved minimums are also written there as JSON (the input of tools/conv_paths.py).
+"""
+import json
+import os
+import platform
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+import fastvae
+from fastvae.backends import _unavailable_reason
+from roofline import interleaved_seconds
+
+CL = torch.channels_last
+
+
+@dataclass(frozen=True)
+class Layer:
+    model: str
+    n: int
+    cin: int
+    cout: int
+    h: int  # input height = width
+    norm: str  # "batch", "instance", "group" (32 groups) or "none"
+    activation: str  # fastvae's name
+    kernel: int = 4
+    stride: int = 2
+    padding: int = 1
+
+    @property
+    def name(self):
+        geo = "" if (self.kernel, self.stride, self.padding) == (4, 2, 1) else (
+            f" k{self.kernel}s{self.stride}p{self.padding}")
+        return f"{self.model} {self.cin}->{self.cout}@{self.h} b{self.n}{geo}"
+
+    @property
+    def flops(self):  # fwd + grad_x + grad_weight, counted on the input side
+        return 3 * 2 * self.n * self.h * self.h * self.cin * self.cout * self.kernel ** 2
+
+
+def _layers():
+    out = []
+    for n in (16, 64):
+        out.append(Layer("dcgan", n, 100, 512, 1, "batch", "relu", 4, 1, 0))
+        for cin, cout, h in ((512, 256, 4), (256, 128, 8), (128, 64, 16)):
+            out.append(Layer("dcgan", n, cin, cout, h, "batch", "relu"))
+        out.append(Layer("dcgan", n, 64, 3, 32, "none", "tanh"))
+    for n in (1, 8):
+        for cin, cout, h in ((1024, 512, 1), (1024, 512, 2), (512, 256, 16), (256, 128, 32)):
+            out.append(Layer("unet", n, cin, cout, h, "instance", "none"))
+    for cin, cout, h in ((512, 256, 8), (256, 128, 16), (128, 64, 32), (128, 64, 64)):
+        out.append(Layer("gn32silu", 8, cin, cout, h, "group", "silu"))
+    for cin, cout, h in ((256, 128, 16), (128, 64, 32), (64, 32, 64)):
+        out.append(Layer("gn32leaky", 8, cin, cout, h, "group", "leaky_relu"))
+    return out
+
+
+LAYERS = {layer.name: layer for layer in _layers()}
+ENTRIES = ("native_nchw", "native_cl", "eager_nchw", "eager_cl", "compile_nchw", "conv_nchw",
+           "conv_cl") + (("compile_cl",) if os.environ.get("FASTVAE_BENCH_COMPILE_CL") else ())
+ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "none": nn.Identity,
+                      "leaky_relu": lambda: nn.LeakyReLU(0.2)}
+_results = {}  # layer name -> entry -> interleaved min seconds
+
+
+def cpu_description() -> str:
+    """The CPU model and the vector instruction sets it has (from /proc/cpuinfo), and the
+    capability fastvae's native kernels run with where the extension says."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+                       "avx512_fp16", "amx_bf16") if f in flags]
+    text = f"{model}, {os.cpu_count()} CPUs, {' '.join(isa) or 'no AVX2'}"
+    capability = getattr(fastvae.backends, "cpu_capability", None)
+    if capability is not None:
+        text += f"; fastvae native capability: {capability()}"
+    return text + f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def modules(layer: Layer, fmt):
+    """ConvTranspose2d -> norm -> activation as the model writes them, in memory format fmt."""
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding)
+    norm = {"batch": lambda: nn.BatchNorm2d(layer.cout),
+            "instance": lambda: nn.InstanceNorm2d(layer.cout),
+            "group": lambda: nn.GroupNorm(32, layer.cout),
+            "none": nn.Identity}[layer.norm]()
+    return nn.Sequential(conv, norm, ACTIVATION_MODULES[layer.activation]()).to(memory_format=fmt)
+
+
+def runner(entry: str, layer: Layer):
+    """One forward + backward of `entry` on `layer`."""
+    kind, layout = entry.rsplit("_", 1)
+    fmt = CL if layout == "cl" else torch.contiguous_format
+    block = modules(layer, fmt)
+    x = torch.randn(layer.n, layer.cin, layer.h, layer.h).contiguous(memory_format=fmt)
+    x.requires_grad_()
+    ho = (layer.h - 1) * layer.stride - 2 * layer.padding + layer.kernel
+    grad_y = torch.randn(layer.n, layer.cout, ho, ho).contiguous(memory_format=fmt)
+    conv, norm = block[0], block[1]
+    params = [x] + list(block.parameters())
+    if kind == "conv":
+        fn = lambda: conv(x)  # noqa: E731
+        params = [x, conv.weight, conv.bias]
+    elif kind in ("eager", "compile"):
+        model = torch.compile(block) if kind == "compile" else block
+        fn = lambda: model(x)  # noqa: E731
+    else:
+        norm_args = {"norm": layer.norm, "num_groups": 32}
+        if layer.norm in ("batch", "group"):
+            norm_args.update(norm_weight=norm.weight, norm_bias=norm.bias)
+        if layer.norm == "batch":
+            norm_args.update(running_mean=norm.running_mean, running_var=norm.running_var)
+        fn = lambda: fastvae.deconv_block(  # noqa: E731
+            x, conv.weight, conv.bias, stride=layer.stride, padding=layer.padding,
+            activation=layer.activation, backend="native", **norm_args)
+    return lambda: torch.autograd.grad(fn(), params, grad_y)
+
+
+def rounds_for(layer: Layer) -> int:
+    """Enough interleaved rounds for a stable minimum, fewer for the heavy layers."""
+    gflop = layer.flops / 1e9
+    return 5 if gflop > 5 else 9 if gflop > 1 else 15
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(request):
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or not _results:
+        return
+    with capture.global_and_fixture_disabled():
+        write_summary(reporter.write_line)
+    path = os.environ.get("FASTVAE_BENCH_JSON")
+    if path:
+        with open(path, "w") as f:
+            json.dump({"cpu": cpu_description(), "layers": {
+                name: {"layer": LAYERS[name].__dict__, "seconds": r}
+                for name, r in _results.items()}}, f, indent=1)
+
+
+def write_summary(line):
+    line("")
+    line(f"deconv_block fwd+bwd over real decoder layers; {cpu_description()}")
+    line("interleaved min ms; ratios > 1 mean native is faster. native in NCHW (what models "
+         "hold), eager and compile in their faster layout, conv the bare ConvTranspose2d "
+         "(faster layout)")
+    head = (f"{'layer':34s} {'native':>8s} {'nat_cl':>8s} {'eager':>8s} {'compile':>8s} "
+            f"{'conv':>8s} {'vs eager':>8s} {'vs comp':>8s} {'/ conv':>7s}")
+    line(head)
+    for name, r in _results.items():
+        def best(kind):
+            times = [t for e, t in r.items() if e.startswith(kind + "_")]
+            return min(times) if times else float("nan")
+        native = r.get("native_nchw", float("nan"))
+        line(f"{name:34s} {1e3 * native:8.2f} {1e3 * r.get('native_cl', float('nan')):8.2f} "
+             f"{1e3 * best('eager'):8.2f} {1e3 * best('compile'):8.2f} {1e3 * best('conv'):8.2f} "
+             f"{best('eager') / native:7.2f}x {best('compile') / native:7.2f}x "
+             f"{native / best('conv'):7.2f}")
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layer(benchmark, name):
+    reason = _unavailable_reason("native", "deconv_block", "cpu")
+    if reason:
+        pytest.skip(reason)
+    layer = LAYERS[name]
+    benchmark.group = f"deconv_block fwd+bwd {name}"
+    runs = {entry: runner(entry, layer) for entry in ENTRIES}
+    times = interleaved_seconds(runs, rounds_for(layer))
+    _results[name] = {entry: min(t) for entry, t in times.items()}
+    native = runs["native_nchw"]
+    benchmark.pedantic(native, rounds=3, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update({e: round(1e3 * t, 3) for e, t in _results[name].items()})
+    benchmark.extra_info["GFLOP/s native"] = round(layer.flops / _results[name]["native_nchw"] / 1e9, 1)

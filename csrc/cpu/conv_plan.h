@@ -1,0 +1,41 @@
+// Which convolution path deconv_block's native CPU kernels take for one call: the layout the
+// two convolutions run in and whether the backward is the Winograd one
+// (cpu/conv_transpose_nhwc.cpp). The epilogue is fused whatever the plan.
+//
+// Paths (FASTVAE_CONV_PATH forces one, for tests and for tools/conv_paths.py):
+//   nchw           oneDNN's forward and backward in NCHW (layout copies for a channels_last
+//                  x): for an NCHW x, eager PyTorch's convolutions exactly
+//   channels_last  the same in channels_last (copies for an NCHW x)
+//   winograd       channels_last forward, Winograd F(2x2, 2x2) backward: 4x4 stride-2
+//                  padding-1 kernels in float32/float64 only (else channels_last)
+// "auto" (the default): winograd where x holds at least Tw pixels (N*H*W: the Winograd
+// backward's fixed costs, the weight transforms and one grad_W partial per thread, are
+// O(Cin*Cout) while its savings grow with the pixels) and Cin, Cout >= Tm (its GEMMs have
+// K or N of a channel count: 64->3 runs them at a fraction of the BLAS rate); else
+// channels_last where a sample
+// has at least Tc pixels (H*W: oneDNN's channels_last kernels lose to its NCHW ones on
+// 1x1-4x4 maps of many channels, and win on large maps), else nchw. Tw and Tc, one pair per
+// layout of x (the copies are part of the cost), are chosen by tools/conv_paths.py from
+// measured layers; csrc/cpu/conv_plan_table.h holds them with the measurements.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace fastvae {
+namespace cpu {
+
+struct ConvPlan {
+  bool channels_last;  // both convolutions in channels_last (else in x's layout)
+  bool winograd;       // the backward by Winograd (implies channels_last)
+  const char* name() const {
+    return winograd ? "winograd" : channels_last ? "channels_last" : "nchw";
+  }
+};
+
+// The plan for x (N, Cin, H, W) and `cout` output channels of a block whose geometry is the
+// 4x4/2/1 one when `k4s2p1`; `conv_type` is the dtype the convolutions run in (float32 for
+// upcast bf16/fp16).
+ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type);
+
+}  // namespace cpu
+}  // namespace fastvae

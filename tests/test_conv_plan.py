@@ -1,0 +1,85 @@
+"""The native CPU deconv_block's conv paths (csrc/cpu/conv_plan.h): each against the
+reference, and the `auto` rule taking every one of them somewhere."""
+import itertools
+
+import pytest
+import torch
+
+import fastvae
+from conftest import backend_params
+from fastvae.reference import K4S2P1
+
+pytestmark = [p.marks[0] for p in backend_params("deconv_block") if p.id == "native"]
+
+PATHS = ("nchw", "channels_last", "winograd")
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def plan(x, cout=8, geometry=K4S2P1, kernel=4):
+    weight = torch.empty(x.shape[1], cout, kernel, kernel, dtype=x.dtype)
+    return torch.ops.fastvae._deconv_block_conv_plan(x, weight, geometry)
+
+
+def layout_of(t, layout):
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        wide = torch.full((*t.shape[:-1], 2 * t.shape[-1]), float("nan"), dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_forced_paths_are_named(path, monkeypatch):
+    monkeypatch.setenv("FASTVAE_CONV_PATH", path)
+    for layout in LAYOUTS:
+        assert plan(layout_of(torch.randn(2, 6, 5, 3), layout)) == path
+    # Winograd is the 4x4 stride-2 padding-1 float32/float64 backward only
+    expected = "channels_last" if path == "winograd" else path
+    assert plan(torch.randn(2, 6, 5, 3), kernel=3, geometry=[2, 2, 1, 1, 1, 1]) == expected
+
+
+def test_unknown_forced_path_is_an_error(monkeypatch):
+    monkeypatch.setenv("FASTVAE_CONV_PATH", "fastest")
+    with pytest.raises(RuntimeError, match="FASTVAE_CONV_PATH"):
+        plan(torch.randn(2, 6, 5, 3))
+
+
+def test_auto_takes_every_path(monkeypatch):
+    """Over the layers of real decoders (bench/bench_shapes.py's range of sizes) the rule
+    chooses each path somewhere: a path it never takes would be dead code or a wrong table."""
+    monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
+    taken = set()
+    for n, c, hw, fmt in itertools.product((1, 8, 64), (3, 64, 512), (1, 2, 4, 16, 32, 64),
+                                           (torch.contiguous_format, torch.channels_last)):
+        x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
+        taken.add(plan(x, cout=c))
+        if fmt == torch.contiguous_format and hw == 1 and c == 512:
+            assert plan(x, cout=c) != "winograd"  # 1x1 maps: the transforms are pure overhead
+    assert taken == set(PATHS)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_every_path_matches_the_reference(path, layout, dtype, monkeypatch):
+    monkeypatch.setenv("FASTVAE_CONV_PATH", path)
+    torch.manual_seed(torch.seed() % 2**31)  # fresh inputs each run
+    x = layout_of(torch.randn(3, 7, 5, 6, dtype=torch.float64), layout)
+    weight = torch.randn(7, 8, 4, 4, dtype=torch.float64) / 6
+    bias = torch.randn(8, dtype=torch.float64)
+    grad_y = torch.randn(3, 8, 10, 12, dtype=torch.float64)
+    outs = {}
+    for backend, dt in (("native", dtype), ("reference", dtype), ("reference", torch.float64)):
+        leaves = [t.to(dt).requires_grad_() for t in (x, weight, bias)]
+        y = fastvae.deconv_block(*leaves, num_groups=4, activation="silu", backend=backend)
+        outs[backend, dt] = [y, *torch.autograd.grad(y, leaves, grad_y.to(dt))]
+    tol = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+    for name, got, ref in zip(("y", "grad_x", "grad_weight", "grad_bias"),
+                              outs["native", dtype], outs["reference", torch.float64]):
+        scale = ref.abs().max().item() + 1
+        err = (got.double() - ref).abs().max().item()
+        low = (outs["reference", dtype][("y", "grad_x", "grad_weight", "grad_bias").index(name)]
+               .double() - ref).abs().max().item()
+        assert err <= max(tol * scale, 2 * low), f"{path} {name}: error {err:.3g}"
