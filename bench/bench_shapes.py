@@ -13,8 +13,8 @@ forward + backward with a random upstream gradient:
                             FASTVAE_BENCH_COMPILE_CL=1: every compile costs seconds)
   conv_nchw / conv_cl       the bare ConvTranspose2d with bias: the floor
 The summary at the end times every entry of a layer interleaved (one call of each per round,
-the least of the rounds kept) and prints, per layer, native in the user's layout (NCHW)
-against eager and compile in their faster layout, and native against the bare conv. The
+the least of the rounds kept) and prints, per layer, native, eager, compile and the bare
+conv each in its faster layout, their ratios, and native in NCHW against eager in NCHW. The
 header names the CPU and the instruction sets it has. With FASTVAE_BENCH_JSON=path the
 interleaved minimums are also written there as JSON (the input of tools/conv_paths.py).
 """
@@ -170,24 +170,32 @@ def summary(request):
                 for name, r in _results.items()}}, f, indent=1)
 
 
+def ratios(r: dict) -> dict:
+    """The summary's numbers of one layer from its entry -> seconds: each kind in its faster
+    layout, and native against eager and compile in those, against the bare conv, and in
+    NCHW against eager in NCHW (what a model that never asked for channels_last gets)."""
+    def best(kind):
+        times = [t for e, t in r.items() if e.startswith(kind + "_")]
+        return min(times) if times else float("nan")
+    native, eager, compile_, conv = best("native"), best("eager"), best("compile"), best("conv")
+    return {"native": native, "eager": eager, "compile": compile_, "conv": conv,
+            "vs_eager": eager / native, "vs_compile": compile_ / native, "per_conv": native / conv,
+            "nchw_vs_eager_nchw": r["eager_nchw"] / r["native_nchw"]}
+
+
 def write_summary(line):
     line("")
     line(f"deconv_block fwd+bwd over real decoder layers; {cpu_description()}")
-    line("interleaved min ms; ratios > 1 mean native is faster. native in NCHW (what models "
-         "hold), eager and compile in their faster layout, conv the bare ConvTranspose2d "
-         "(faster layout)")
-    head = (f"{'layer':34s} {'native':>8s} {'nat_cl':>8s} {'eager':>8s} {'compile':>8s} "
-            f"{'conv':>8s} {'vs eager':>8s} {'vs comp':>8s} {'/ conv':>7s}")
-    line(head)
+    line("interleaved min ms, each kind in its faster layout (NCHW or channels_last); ratios > 1 "
+         "mean native is faster; / conv is native over the bare ConvTranspose2d; the last "
+         "column sets native in NCHW against eager in NCHW")
+    line(f"{'layer':34s} {'native':>8s} {'eager':>8s} {'compile':>8s} {'conv':>8s} "
+         f"{'vs eager':>8s} {'vs comp':>8s} {'/ conv':>7s} {'NCHW':>7s}")
     for name, r in _results.items():
-        def best(kind):
-            times = [t for e, t in r.items() if e.startswith(kind + "_")]
-            return min(times) if times else float("nan")
-        native = r.get("native_nchw", float("nan"))
-        line(f"{name:34s} {1e3 * native:8.2f} {1e3 * r.get('native_cl', float('nan')):8.2f} "
-             f"{1e3 * best('eager'):8.2f} {1e3 * best('compile'):8.2f} {1e3 * best('conv'):8.2f} "
-             f"{best('eager') / native:7.2f}x {best('compile') / native:7.2f}x "
-             f"{native / best('conv'):7.2f}")
+        q = ratios(r)
+        line(f"{name:34s} {1e3 * q['native']:8.2f} {1e3 * q['eager']:8.2f} "
+             f"{1e3 * q['compile']:8.2f} {1e3 * q['conv']:8.2f} {q['vs_eager']:7.2f}x "
+             f"{q['vs_compile']:7.2f}x {q['per_conv']:7.2f} {q['nchw_vs_eager_nchw']:6.2f}x")
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
@@ -203,4 +211,4 @@ def test_layer(benchmark, name):
     native = runs["native_nchw"]
     benchmark.pedantic(native, rounds=3, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update({e: round(1e3 * t, 3) for e, t in _results[name].items()})
-    benchmark.extra_info["GFLOP/s native"] = round(layer.flops / _results[name]["native_nchw"] / 1e9, 1)
+    benchmark.extra_info["GFLOP/s native"] = round(layer.flops / ratios(_results[name])["native"] / 1e9, 1)
