@@ -20,9 +20,9 @@ from test_deconv_block import make_args, run, tensors_of
 
 pytestmark = [p.marks[0] for p in backend_params("deconv_block") if p.id == "native"]
 
-NORMS = ("group", "instance", "none")
+NORMS = ("group", "instance", "batch", "none")
 AFFINES = ("none", "channel", "style", "spatial")
-ACTIVATIONS = ("leaky_relu", "relu", "silu", "none")
+ACTIVATIONS = ("leaky_relu", "relu", "silu", "tanh", "sigmoid", "gelu", "gelu_tanh", "none")
 LAYOUTS = ("contiguous", "channels_last", "strided")
 
 
@@ -58,7 +58,8 @@ def test_every_combination_float32(norm, affine, activation, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("norm, affine, activation", [
-    ("group", "spatial", "silu"), ("instance", "style", "leaky_relu"), ("none", "channel", "relu")])
+    ("group", "spatial", "silu"), ("instance", "style", "leaky_relu"), ("none", "channel", "relu"),
+    ("batch", "channel", "gelu")])
 def test_low_precision(norm, affine, activation, dtype, layout):
     if activation in ("relu", "leaky_relu"):
         compare_backward_on_native_forward(dtype, norm, affine, activation, layout)
@@ -141,7 +142,8 @@ def test_channels_last_weight_gradients(weight_layout, n, cin, cout, h, w):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("norm, affine, activation", [
     ("group", "spatial", "silu"), ("instance", "channel", "leaky_relu"), ("group", "style", "none"),
-    ("none", "style", "silu")])
+    ("none", "style", "silu"), ("batch", "channel", "tanh"), ("batch", "style", "gelu_tanh"),
+    ("batch", "none", "sigmoid")])
 def test_float64_gradcheck(norm, affine, activation, layout):
     x, weight, bias, kwargs = make_args(n=2, cin=3, cout=4, h=3, w=2, norm=norm, affine=affine,
                                         groups=2, dtype=torch.float64, layout=layout)
@@ -248,3 +250,147 @@ def test_saves_at_most_one_and_a_half_outputs(layout):
     block = nn.Sequential(conv, nn.GroupNorm(8, 32), nn.LeakyReLU(0.2)).to(memory_format=fmt)
     eager, _ = saved_bytes(lambda: block(x_act))
     assert eager > 2 * out_bytes  # what the fused backward saves over eager (about 2.5x)
+
+
+# ------------------------------------------------------------------ geometry, BatchNorm
+
+
+GEOMETRIES = {  # name -> (kernel, stride, padding, output_padding, input h, w)
+    "k4s2p1": (4, 2, 1, 0, 5, 3),
+    "k3s2p1op1": (3, 2, 1, 1, 4, 5),
+    "k2s2p0": (2, 2, 0, 0, 3, 4),
+    "k4s1p0_1x1": (4, 1, 0, 0, 1, 1),  # DCGAN's first layer
+    "k5s3p1op2": (5, 3, 1, 2, 3, 2),
+    "k1s1p0": (1, 1, 0, 0, 4, 3),
+}
+
+
+def geometry_case(name, dtype, layout, norm="group", activation="gelu", n=3, cin=5, cout=8):
+    k, stride, padding, output_padding, h, w = GEOMETRIES[name]
+    torch.manual_seed(torch.seed() % 2**31)  # fresh each run
+    x = torch.randn(n, cin, h, w, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(n, cin, h, 2 * w, dtype=torch.float64)[..., ::2]
+    weight = torch.randn(cin, cout, k, k, dtype=torch.float64) / (cin * k) ** 0.5
+    tensors = {"x": x, "weight": weight, "bias": torch.randn(cout, dtype=torch.float64),
+               "norm_weight": 1 + 0.5 * torch.randn(cout, dtype=torch.float64),
+               "norm_bias": torch.randn(cout, dtype=torch.float64)}
+    options = dict(stride=stride, padding=padding, output_padding=output_padding, norm=norm,
+                   num_groups=4, activation=activation)
+    return {k_: v.to(dtype) for k_, v in tensors.items()}, options
+
+
+def run_case(tensors, options, backend, dtype=None):
+    leaves = {k: (v.to(dtype) if dtype else v).detach().requires_grad_() for k, v in tensors.items()}
+    y = fastvae.deconv_block(leaves["x"], leaves["weight"], leaves["bias"],
+                             norm_weight=leaves["norm_weight"], norm_bias=leaves["norm_bias"],
+                             backend=backend, **options)
+    torch.manual_seed(1)
+    grad_y = torch.randn(y.shape, dtype=torch.float64).to(y.dtype)
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_y)
+    return {"y": y, **{"grad_" + k: g for k, g in zip(leaves, grads)}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_geometry_float64(name, norm, layout):
+    tensors, options = geometry_case(name, torch.float64, layout, norm=norm)
+    out, ref = run_case(tensors, options, "native"), run_case(tensors, options, "reference")
+    for key in ref:
+        assert out[key].shape == ref[key].shape, key
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-9, atol=1e-9,
+                                   msg=lambda m, key=key: f"{name} {key}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_geometry_low_precision(name, layout, dtype):
+    tensors, options = geometry_case(name, dtype, layout, norm="batch", activation="silu")
+    out = run_case(tensors, options, "native")
+    low = run_case(tensors, options, "reference")
+    high = run_case(tensors, options, "reference", dtype=torch.float64)
+    for key in low:
+        if key == "grad_bias":  # BatchNorm removes the bias: its gradient is ~0 by cancellation
+            scale = low["grad_x"].abs().max().item() + 1
+            tol = 1e-5 if dtype == torch.float32 else 5e-2
+            torch.testing.assert_close(out[key].double(), high[key], rtol=0,
+                                       atol=tol * scale * out["y"][0, 0].numel())
+            continue
+        assert_close_to_reference(out[key], low[key], high[key], dtype, f"{name} {key}")
+
+
+@pytest.mark.parametrize("name", ["k3s2p1op1", "k4s1p0_1x1"])
+def test_geometry_gradcheck(name):
+    tensors, options = geometry_case(name, torch.float64, "contiguous", norm="batch",
+                                     activation="tanh", n=2, cin=2, cout=4)
+    names = list(tensors)
+
+    def fn(*values):
+        t = dict(zip(names, values))
+        return fastvae.deconv_block(t["x"], t["weight"], t["bias"], norm_weight=t["norm_weight"],
+                                    norm_bias=t["norm_bias"], backend="native", **options)
+    assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in tensors.values()])
+
+
+@pytest.mark.parametrize("groups, name", [(-1, "k3s2p1op1"), (4, "k5s3p1op2"), (-1, "k4s2p1")])
+def test_opcheck_geometry_and_batch(groups, name):
+    tensors, options = geometry_case(name, torch.float32, "channels_last")
+    scale = tensors["norm_weight"].view(1, -1, 1, 1).requires_grad_()
+    shift = tensors["norm_bias"].view(1, -1, 1, 1).requires_grad_()
+    geometry = [options["stride"]] * 2 + [options["padding"]] * 2 + [options["output_padding"]] * 2
+    args = (tensors["x"].requires_grad_(), tensors["weight"].requires_grad_(),
+            tensors["bias"].requires_grad_(), scale, shift, geometry, groups, "gelu_tanh", 0.2,
+            1e-5, "native")
+    torch.library.opcheck(torch.ops.fastvae.deconv_block.default, args)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("momentum", [0.1, 0.5])
+def test_batch_norm_matches_torch_modules(momentum, layout):
+    """ConvTranspose2d + BatchNorm2d + activation: three training steps (running statistics
+    updated in place), then eval, against the same torch.nn modules, float64."""
+    torch.manual_seed(torch.seed() % 2**31)
+    conv = nn.ConvTranspose2d(5, 6, 3, 2, 1, output_padding=1).double()
+    bn = nn.BatchNorm2d(6, momentum=momentum).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    running_mean, running_var = bn.running_mean.clone(), bn.running_var.clone()
+    for step in range(4):
+        training = step < 3
+        bn.train(training)
+        x = (torch.randn(3, 5, 4, 7, dtype=torch.float64) + step).contiguous(
+            memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+        y = fastvae.deconv_block(x, conv.weight, conv.bias, stride=2, padding=1, output_padding=1,
+                                 norm="batch", norm_weight=bn.weight, norm_bias=bn.bias,
+                                 running_mean=running_mean, running_var=running_var,
+                                 momentum=momentum, training=training, eps=bn.eps,
+                                 activation="sigmoid", backend="native")
+        y_ref = torch.sigmoid(bn(conv(x)))
+        torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(running_mean, bn.running_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(running_var, bn.running_var, rtol=1e-12, atol=1e-12)
+        params = [conv.weight, conv.bias, bn.weight, bn.bias]
+        grad_y = torch.randn_like(y)
+        got = torch.autograd.grad(y, params, grad_y)
+        want = torch.autograd.grad(y_ref, params, grad_y)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_statistics_stable_when_mean_dwarfs_std(layout):
+    """BatchNorm statistics of values 1e4 + O(1) in float32: shifted and merged, not E[h^2]."""
+    x, weight, _, _ = make_args(n=3, cin=6, cout=8, h=9, w=9, layout=layout)
+    bias = torch.full((8,), 1e4)
+    y, pre, mean, rstd = torch.ops.fastvae._deconv_block_fwd(
+        x, weight, bias, None, None, K4S2P1, -1, "none", 0.2, 1e-5)
+    g = pre.double().transpose(0, 1).reshape(8, -1)
+    exact_mean, exact_var = g.mean(-1), g.var(-1, unbiased=False)
+    assert mean.shape == rstd.shape == (1, 8)
+    torch.testing.assert_close(mean[0].double(), exact_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(rstd[0].double(), torch.rsqrt(exact_var + 1e-5), rtol=1e-5, atol=0)

@@ -48,6 +48,10 @@ Activation parse_activation(c10::string_view name) {
   if (name == "leaky_relu") return Activation::kLeakyRelu;
   if (name == "relu") return Activation::kRelu;
   if (name == "silu") return Activation::kSilu;
+  if (name == "tanh") return Activation::kTanh;
+  if (name == "sigmoid") return Activation::kSigmoid;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "gelu_tanh") return Activation::kGeluTanh;
   TORCH_CHECK(name == "none", "deconv_block: unknown activation ", name);
   return Activation::kNone;
 }
@@ -59,6 +63,12 @@ void dispatch_activation(Activation act, F&& f) {
     case Activation::kLeakyRelu: return f(std::integral_constant<Activation, Activation::kLeakyRelu>{});
     case Activation::kRelu: return f(std::integral_constant<Activation, Activation::kRelu>{});
     case Activation::kSilu: return f(std::integral_constant<Activation, Activation::kSilu>{});
+    case Activation::kTanh: return f(std::integral_constant<Activation, Activation::kTanh>{});
+    case Activation::kSigmoid:
+      return f(std::integral_constant<Activation, Activation::kSigmoid>{});
+    case Activation::kGelu: return f(std::integral_constant<Activation, Activation::kGelu>{});
+    case Activation::kGeluTanh:
+      return f(std::integral_constant<Activation, Activation::kGeluTanh>{});
     default: return f(std::integral_constant<Activation, Activation::kNone>{});
   }
 }
@@ -147,34 +157,52 @@ Affine<acc_t> make_affine(const c10::optional<at::Tensor>& t, const at::Tensor& 
   return a;
 }
 
-// (N, groups) statistics expanded to (N, C) tables of mean and rstd (0 / 1 without norm).
+constexpr int64_t kBatch = -1;  // `groups` of BatchNorm: per channel over (N, H, W)
+
+// Which (sample, channel) planes share a statistic: GroupNorm's (sample, group), or
+// BatchNorm's channel over every sample when groups == kBatch.
+struct StatGroups {
+  int64_t n, c, groups;
+  bool batch() const { return groups == kBatch; }
+  int64_t count() const { return batch() ? c : n * groups; }  // statistics: mean/rstd numel
+  int64_t of(int64_t i, int64_t j) const { return batch() ? j : i * groups + j / (c / groups); }
+  // The plane whose pixel 0 shifts the values of plane (i, j)'s statistic: its first member.
+  int64_t first_plane(int64_t i, int64_t j) const {
+    return batch() ? j : i * c + j / (c / groups) * (c / groups);
+  }
+  int64_t planes_per_stat() const { return batch() ? n : c / groups; }
+};
+
+// Statistics expanded to (N, C) tables of mean and rstd (0 / 1 without norm).
 template <typename acc_t>
 void expand_groups(const acc_t* per_group, int64_t n, int64_t c, int64_t groups, acc_t none,
                    std::vector<acc_t>& out) {
   out.assign(n * c, none);
   if (groups == 0) return;
-  const int64_t cg = c / groups;
+  const StatGroups sg{n, c, groups};
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < c; ++j) out[i * c + j] = per_group[i * groups + j / cg];
+    for (int64_t j = 0; j < c; ++j) out[i * c + j] = per_group[sg.of(i, j)];
 }
 
 // ------------------------------------------------------------------------------ stats
 
-// Per-(sample, channel) moments of pre_norm, then merged into (sample, group) mean/rstd.
-// Every value is first shifted by its group's first element, so the partial means the
-// merge works with are O(std) rather than O(|mean|): float32 keeps their digits when
-// |mean| >> std (the subtraction of two nearby floats is exact).
+// Per-(sample, channel) moments of pre_norm, then merged into the statistics of StatGroups
+// (per (sample, group), or per channel for BatchNorm). Every value is first shifted by its
+// statistic's first element, so the partial means the merge works with are O(std) rather
+// than O(|mean|): float32 keeps their digits when |mean| >> std (the subtraction of two
+// nearby floats is exact).
 template <typename scalar_t, typename acc_t>
 void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
                  at::Tensor& mean_out, at::Tensor& rstd_out) {
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
-  const int64_t cg = c / groups;
+  const StatGroups sg{n, c, groups};
   const scalar_t* p = pre.data_ptr<scalar_t>();
-  std::vector<acc_t> shift(n * c);  // per (n, c): the first element of its (n, group)
+  std::vector<acc_t> shift(n * c);  // per (n, c): pixel 0 of its statistic's first plane
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < c; ++j) {
-      const int64_t first = j / cg * cg;  // the group's first channel, pixel 0
-      shift[i * c + j] = static_cast<acc_t>(p[nhwc ? i * hw * c + first : (i * c + first) * hw]);
+      const int64_t first = sg.first_plane(i, j);  // (sample, channel) index = i0 * c + j0
+      shift[i * c + j] = static_cast<acc_t>(
+          p[nhwc ? first / c * hw * c + first % c : first * hw]);
     }
   // partial moments: NCHW one per (n, c); NHWC one per (n, pixel block, c)
   const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
@@ -226,21 +254,25 @@ void group_stats(const at::Tensor& pre, bool nhwc, int64_t groups, double eps,
       }
     });
   }
+  // merged in a fixed order (deterministic): samples, pixel blocks, channels
+  std::vector<Moments<acc_t>> merged(sg.count(), Moments<acc_t>{0, 0, 0});
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const acc_t cnt = nhwc ? acc_t(std::min(kPixelBlock, hw - b * kPixelBlock)) : acc_t(hw);
+      const int64_t base = (i * blocks + b) * c;
+      for (int64_t j = 0; j < c; ++j) {
+        Moments<acc_t>& m = merged[sg.of(i, j)];
+        m = deconv::merge(m, Moments<acc_t>{cnt, pmean[base + j], pm2[base + j]});
+      }
+    }
   acc_t* mean = mean_out.data_ptr<acc_t>();
   acc_t* rstd = rstd_out.data_ptr<acc_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t g = 0; g < groups; ++g) {
-      Moments<acc_t> m{0, 0, 0};
-      for (int64_t b = 0; b < blocks; ++b) {
-        const acc_t cnt = nhwc ? acc_t(std::min(kPixelBlock, hw - b * kPixelBlock)) : acc_t(hw);
-        const int64_t base = (i * blocks + b) * c + g * cg;
-        for (int64_t j = 0; j < cg; ++j)
-          m = deconv::merge(m, Moments<acc_t>{cnt, pmean[base + j], pm2[base + j]});
-      }
-      mean[i * groups + g] = shift[i * c + g * cg] + m.mean;
-      rstd[i * groups + g] = deconv::rstd_of(m, static_cast<acc_t>(eps));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const int64_t k = sg.of(i, j);
+      mean[k] = shift[i * c + j] + merged[k].mean;
+      rstd[k] = deconv::rstd_of(merged[k], static_cast<acc_t>(eps));
     }
-  }
 }
 
 // ---------------------------------------------------------------------------- forward
@@ -319,12 +351,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
                            geo.output_padding()),
       x.scalar_type(), fmt);
   const int64_t n = pre.size(0), c = pre.size(1);
-  TORCH_CHECK(groups >= 0 && (groups == 0 || c % groups == 0),
-              "deconv_block: groups must divide the output channels");
+  TORCH_CHECK(groups == kBatch || (groups >= 0 && (groups == 0 || c % groups == 0)),
+              "deconv_block: groups must divide the output channels (or be -1, BatchNorm)");
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast && c > 1;
   const auto stat_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor mean = at::empty({n, groups}, x.options().dtype(stat_type));
-  at::Tensor rstd = at::empty({n, groups}, x.options().dtype(stat_type));
+  const std::vector<int64_t> stat_shape =
+      groups == kBatch ? std::vector<int64_t>{1, c} : std::vector<int64_t>{n, groups};
+  at::Tensor mean = at::empty(stat_shape, x.options().dtype(stat_type));
+  at::Tensor rstd = at::empty(stat_shape, x.options().dtype(stat_type));
   at::Tensor y = at::empty_like(pre);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_fwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
@@ -497,21 +531,19 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
       return;
     }
     pass1(std::false_type{});
-    // group means of g_n and g_n * n, expanded per channel
-    const int64_t cg = c / groups;
-    const acc_t count = static_cast<acc_t>(cg * hw);
-    std::vector<acc_t> cm(n * c), cn(n * c);
+    // each statistic's means of g_n and g_n * n, expanded per (sample, channel)
+    const StatGroups sg{n, c, groups};
+    const acc_t count = static_cast<acc_t>(sg.planes_per_stat() * hw);
+    std::vector<acc_t> a1(sg.count(), 0), a2(sg.count(), 0), cm(n * c), cn(n * c);
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t g = 0; g < groups; ++g) {
-        acc_t a1 = 0, a2 = 0;
-        for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
-          a1 += sums[i * c + j].g_n;
-          a2 += sums[i * c + j].g_n_n;
-        }
-        for (int64_t j = g * cg; j < (g + 1) * cg; ++j) {
-          cm[i * c + j] = a1 / count;
-          cn[i * c + j] = a2 / count;
-        }
+      for (int64_t j = 0; j < c; ++j) {
+        a1[sg.of(i, j)] += sums[i * c + j].g_n;
+        a2[sg.of(i, j)] += sums[i * c + j].g_n_n;
+      }
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < c; ++j) {
+        cm[i * c + j] = a1[sg.of(i, j)] / count;
+        cn[i * c + j] = a2[sg.of(i, j)] / count;
       }
     // grad_bias = the sum of grad_h over each channel, from the sums of its terms
     for (int64_t i = 0; i < n; ++i)
