@@ -4,8 +4,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from . import _validate
+from . import _validate, fusion
 from .ops import deconv_block, reparam_kl
 
 
@@ -27,17 +28,24 @@ class ReparamKL(nn.Module):
 
 
 class DeconvBlock(nn.Module):
-    """ConvTranspose2d(k=4, s=2, p=1) + bias + GroupNorm/InstanceNorm/AdaIN + activation.
+    """ConvTranspose2d + bias + GroupNorm/InstanceNorm/BatchNorm/AdaIN + activation.
 
-    With `style_dim`, forward(x, style) maps style (N, style_dim) through a linear layer to
-    AdaIN scale (1 + the first half, so a zero style is the identity) and shift.
+    The convolution takes nn.ConvTranspose2d's kernel_size/stride/padding/output_padding
+    (4/2/1/0 by default: the 2x up-sampling block). With `style_dim`, forward(x, style) maps
+    style (N, style_dim) through a linear layer to AdaIN scale (1 + the first half, so a zero
+    style is the identity) and shift. norm="batch" keeps running_mean/running_var/
+    num_batches_tracked buffers and uses them as nn.BatchNorm2d does (momentum=None: a
+    cumulative average).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, norm: str = "group",
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 4,
+                 stride: int = 2, padding: Optional[int] = None,
+                 output_padding: Optional[int] = None, norm: str = "group",
                  num_groups: int = 32, activation: str = "leaky_relu",
                  style_dim: Optional[int] = None, backend: str = "auto",
-                 negative_slope: float = 0.2, eps: float = 1e-5, bias: bool = True,
-                 affine: bool = True, device=None, dtype=None):
+                 negative_slope: float = 0.2, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 track_running_stats: bool = True, bias: bool = True, affine: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         _validate.choice("norm", norm, _validate.NORMS)
         _validate.choice("activation", activation, _validate.ACTIVATIONS)
@@ -45,22 +53,32 @@ class DeconvBlock(nn.Module):
             raise ValueError(f"num_groups={num_groups} does not divide out_channels={out_channels}")
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels = in_channels, out_channels
+        k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+        self.kernel_size, self.stride = k, stride
+        self.padding, self.output_padding = padding, output_padding
         self.norm, self.num_groups, self.activation = norm, num_groups, activation
         self.negative_slope, self.eps, self.backend = negative_slope, eps, backend
-        self.style_dim = style_dim
-        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, 4, 4, **factory))
+        self.momentum, self.style_dim = momentum, style_dim
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, *k, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         use_affine = affine and norm != "none" and style_dim is None
         self.norm_weight = nn.Parameter(torch.ones(out_channels, **factory)) if use_affine else None
         self.norm_bias = nn.Parameter(torch.zeros(out_channels, **factory)) if use_affine else None
+        if norm == "batch" and track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(out_channels, **factory))
+            self.register_buffer("running_var", torch.ones(out_channels, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long,
+                                                                     device=device))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
         self.style = nn.Linear(style_dim, 2 * out_channels, **factory) if style_dim else None
         self.reset_parameters()
 
     def reset_parameters(self):
-        # nn.ConvTranspose2d's init: fan_in is weight.size(1) * 4 * 4 for transposed convs
+        # nn.ConvTranspose2d's init: fan_in is weight.size(1) * kH * kW for transposed convs
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
-            bound = 1 / math.sqrt(self.out_channels * 16)
+            bound = 1 / math.sqrt(self.out_channels * self.weight[0, 0].numel())
             nn.init.uniform_(self.bias, -bound, bound)
         if self.style is not None:
             nn.init.zeros_(self.style.weight)
@@ -75,66 +93,86 @@ class DeconvBlock(nn.Module):
             style_scale = style_scale + 1
         return self.apply_block(x, style_scale, style_shift)
 
+    def _batch_norm_args(self) -> dict:
+        """BatchNorm2d.forward's bookkeeping: the running statistics, momentum, mode."""
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return {"running_mean": self.running_mean, "running_var": self.running_var,
+                "momentum": momentum,
+                "training": self.training or self.running_mean is None}
+
     def apply_block(self, x: Tensor, style_scale: Optional[Tensor] = None,
                     style_shift: Optional[Tensor] = None) -> Tensor:
-        """The block with AdaIN parameters given directly: (N, Cout) or (N, Cout, 2H, 2W)."""
+        """The block with AdaIN parameters given directly: (N, Cout) or (N, Cout, Ho, Wo)."""
         tensors = [x, self.weight, self.bias, self.norm_weight, self.norm_bias,
                    style_scale, style_shift]
         if torch.is_autocast_enabled(x.device.type):  # custom ops are not autocast
             dtype = torch.get_autocast_dtype(x.device.type)
             tensors = [t if t is None else t.to(dtype) for t in tensors]
         x, weight, bias, norm_weight, norm_bias, style_scale, style_shift = tensors
+        batch = self._batch_norm_args() if self.norm == "batch" else {}
         return deconv_block(
-            x, weight, bias, norm=self.norm, num_groups=self.num_groups,
+            x, weight, bias, stride=self.stride, padding=self.padding,
+            output_padding=self.output_padding, norm=self.norm, num_groups=self.num_groups,
             norm_weight=norm_weight, norm_bias=norm_bias, style_scale=style_scale,
             style_shift=style_shift, activation=self.activation,
-            negative_slope=self.negative_slope, eps=self.eps, backend=self.backend)
+            negative_slope=self.negative_slope, eps=self.eps, backend=self.backend, **batch)
 
     @classmethod
     def from_modules(cls, conv_transpose: nn.ConvTranspose2d, norm: Optional[nn.Module] = None,
                      activation: Optional[nn.Module] = None, *, backend: str = "auto"):
-        """A DeconvBlock computing conv_transpose -> norm -> activation, weights copied."""
+        """A DeconvBlock computing conv_transpose -> norm -> activation that shares their
+        Parameter and buffer objects (no copies: training either trains both).
+
+        Takes what fastvae.fuse fuses: any nn.ConvTranspose2d geometry with dilation 1 and
+        groups 1; nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d without running statistics,
+        nn.Identity or None; nn.ReLU, LeakyReLU, SiLU, GELU, Tanh, Sigmoid, Identity or None.
+        Anything else (a parametrized or hooked conv included: use fastvae.fuse, which reads
+        a parametrization on every call) is a TypeError/ValueError naming the argument.
+        """
         c = conv_transpose
         if not isinstance(c, nn.ConvTranspose2d):
             raise TypeError(f"conv_transpose must be nn.ConvTranspose2d, got {type(c).__name__}")
-        if (c.kernel_size, c.stride, c.padding, c.output_padding, c.dilation, c.groups) != (
-                (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1):
-            raise ValueError("conv_transpose must have kernel_size=4, stride=2, padding=1, "
-                             "output_padding=0, dilation=1, groups=1")
-        kwargs = {"norm": "none", "eps": 1e-5, "affine": False}
-        if isinstance(norm, nn.GroupNorm):
-            kwargs = {"norm": "group", "num_groups": norm.num_groups, "eps": norm.eps,
-                      "affine": norm.affine}
-        elif isinstance(norm, nn.InstanceNorm2d):
-            if norm.track_running_stats:
-                raise ValueError("norm: InstanceNorm2d with track_running_stats=True uses "
-                                 "running statistics in eval; not supported")
-            kwargs = {"norm": "instance", "eps": norm.eps, "affine": norm.affine}
-        elif norm is not None and not isinstance(norm, nn.Identity):
-            raise TypeError(f"norm must be nn.GroupNorm, nn.InstanceNorm2d, nn.Identity or None, "
-                            f"got {type(norm).__name__}")
-        if isinstance(activation, nn.LeakyReLU):
-            kwargs.update(activation="leaky_relu", negative_slope=activation.negative_slope)
-        elif isinstance(activation, (nn.ReLU, nn.SiLU)):
-            kwargs.update(activation="relu" if isinstance(activation, nn.ReLU) else "silu")
-        elif activation is None or isinstance(activation, nn.Identity):
-            kwargs.update(activation="none")
-        else:
-            raise TypeError(f"activation must be nn.LeakyReLU, nn.ReLU, nn.SiLU, nn.Identity or "
-                            f"None, got {type(activation).__name__}")
-        block = cls(c.in_channels, c.out_channels, bias=c.bias is not None, backend=backend,
-                    device=c.weight.device, dtype=c.weight.dtype, **kwargs)
-        with torch.no_grad():
-            block.weight.copy_(c.weight)
-            if c.bias is not None:
-                block.bias.copy_(c.bias)
-            if block.norm_weight is not None:
-                block.norm_weight.copy_(norm.weight)
-                block.norm_bias.copy_(norm.bias)
+        for name, module, check in (("conv_transpose", c, fusion.check_conv),
+                                    ("norm", norm, fusion.check_norm),
+                                    ("activation", activation, fusion.check_activation)):
+            try:
+                check(module)
+            except fusion.Unfusable as e:
+                raise type(e)(f"{name}: {e}") from None
+        if parametrize.is_parametrized(c):
+            raise ValueError("conv_transpose: its weight is parametrized, which a DeconvBlock "
+                             "cannot hold; fastvae.fuse(model) fuses it and reads the "
+                             "parametrization on every call")
+        kwargs = {"norm": "none", "affine": False}
+        if isinstance(norm, (nn.GroupNorm, nn.InstanceNorm2d, nn.BatchNorm2d)):
+            kwargs = {"norm": {nn.GroupNorm: "group", nn.InstanceNorm2d: "instance",
+                               nn.BatchNorm2d: "batch"}[type(norm)],
+                      "eps": norm.eps, "affine": norm.affine}
+            if type(norm) is nn.GroupNorm:
+                kwargs["num_groups"] = norm.num_groups
+            if type(norm) is nn.BatchNorm2d:
+                kwargs.update(momentum=norm.momentum,
+                              track_running_stats=norm.track_running_stats)
+        act = fusion.activation_args(activation)
+        block = cls(c.in_channels, c.out_channels, kernel_size=c.kernel_size, stride=c.stride,
+                    padding=c.padding, output_padding=c.output_padding,
+                    bias=c.bias is not None, backend=backend, device=c.weight.device,
+                    dtype=c.weight.dtype, **kwargs, **act)
+        block.weight, block.bias = c.weight, c.bias  # the same Parameter objects
+        if kwargs["affine"]:
+            block.norm_weight, block.norm_bias = norm.weight, norm.bias
+        if type(norm) is nn.BatchNorm2d and norm.track_running_stats:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(block, name, getattr(norm, name))  # the same buffer tensors
         return block
 
     def extra_repr(self):
-        s = f"{self.in_channels}, {self.out_channels}, norm={self.norm!r}"
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, " \
+            f"stride={self.stride}, norm={self.norm!r}"
         if self.norm == "group":
             s += f", num_groups={self.num_groups}"
         return s + f", activation={self.activation!r}, backend={self.backend!r}"

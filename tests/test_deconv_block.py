@@ -1,4 +1,5 @@
 """fastvae.deconv_block: the reference against torch.nn modules, every backend against it."""
+import copy
 import itertools
 
 import pytest
@@ -180,17 +181,34 @@ def test_opcheck(backend, norm, affine):
 # ------------------------------------------------------------------------- the module
 
 
-@pytest.mark.parametrize("norm_layer, activation", [
-    (nn.GroupNorm(4, 8), nn.LeakyReLU(0.1)), (nn.InstanceNorm2d(8, affine=True), nn.SiLU()),
-    (nn.InstanceNorm2d(8), nn.ReLU()), (None, None)])
-def test_module_from_modules_matches_the_modules(norm_layer, activation):
-    conv = nn.ConvTranspose2d(6, 8, 4, 2, 1)
-    if norm_layer is not None and norm_layer.affine:
-        nn.init.normal_(norm_layer.weight), nn.init.normal_(norm_layer.bias)
+@pytest.mark.parametrize("conv, norm_layer, activation", [
+    (nn.ConvTranspose2d(6, 8, 4, 2, 1), nn.GroupNorm(4, 8), nn.LeakyReLU(0.1)),
+    (nn.ConvTranspose2d(6, 8, 4, 2, 1), nn.InstanceNorm2d(8, affine=True), nn.SiLU()),
+    (nn.ConvTranspose2d(6, 8, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(8), nn.ReLU()),
+    (nn.ConvTranspose2d(6, 8, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm2d(8),
+     nn.LeakyReLU()),
+    (nn.ConvTranspose2d(6, 8, 4, 1, 0), nn.BatchNorm2d(8, momentum=None), nn.GELU("tanh")),
+    (nn.ConvTranspose2d(6, 8, 2, 2, 0), nn.BatchNorm2d(8, affine=False), nn.Sigmoid()),
+    (nn.ConvTranspose2d(6, 8, 4, 2, 1), None, nn.Tanh()),
+    (nn.ConvTranspose2d(6, 8, 4, 2, 1), None, None)])
+def test_module_from_modules_matches_and_shares_the_modules(conv, norm_layer, activation):
+    conv, norm_layer = copy.deepcopy(conv).double(), copy.deepcopy(norm_layer)
+    if norm_layer is not None:
+        norm_layer.double()
+        if norm_layer.affine:
+            nn.init.normal_(norm_layer.weight), nn.init.normal_(norm_layer.bias)
     seq = nn.Sequential(conv, norm_layer or nn.Identity(), activation or nn.Identity())
+    reference = copy.deepcopy(seq)
     block = fastvae.nn.DeconvBlock.from_modules(conv, norm_layer, activation)
-    x = torch.randn(3, 6, 5, 7)
-    torch.testing.assert_close(block(x), seq(x))
+    assert block.weight is conv.weight and block.bias is conv.bias  # shared, not copied
+    if isinstance(norm_layer, nn.BatchNorm2d):
+        assert block.running_mean is norm_layer.running_mean
+    for step in range(3):  # training steps: BatchNorm's running statistics move in both
+        x = torch.randn(3, 6, 5, 7, dtype=torch.float64) + step
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(seq.state_dict(), reference.state_dict(), rtol=1e-9, atol=1e-12)
+    block.eval(), reference.eval()
+    torch.testing.assert_close(block(x), reference(x), rtol=1e-9, atol=1e-12)
 
 
 def test_module_style_starts_as_identity_affine():
@@ -202,9 +220,21 @@ def test_module_style_starts_as_identity_affine():
         block(x)
 
 
-def test_module_from_modules_rejects_other_convolutions():
-    with pytest.raises(ValueError, match="kernel_size=4"):
-        fastvae.nn.DeconvBlock.from_modules(nn.ConvTranspose2d(3, 4, 3, 2, 1))
+@pytest.mark.parametrize("args, error, match", [
+    ((nn.Conv2d(3, 4, 3),), TypeError, "conv_transpose"),
+    ((nn.ConvTranspose2d(3, 4, 3, 2, 1, dilation=2),), ValueError, "conv_transpose: dilation"),
+    ((nn.ConvTranspose2d(4, 4, 3, 2, 1, groups=2),), ValueError, "conv_transpose: dilation"),
+    ((nn.ConvTranspose2d(3, 4, 4, 2, 1), nn.LayerNorm(4)), TypeError, "norm: LayerNorm"),
+    ((nn.ConvTranspose2d(3, 4, 4, 2, 1), nn.InstanceNorm2d(4, track_running_stats=True)),
+     ValueError, "norm: InstanceNorm2d with track_running_stats"),
+    ((nn.ConvTranspose2d(3, 4, 4, 2, 1), None, nn.PReLU()), TypeError, "activation: PReLU"),
+    ((torch.nn.utils.spectral_norm(nn.ConvTranspose2d(3, 4, 4, 2, 1)),), ValueError, "hooks"),
+    ((torch.nn.utils.parametrizations.weight_norm(nn.ConvTranspose2d(3, 4, 4, 2, 1)),),
+     ValueError, "parametrized"),
+])
+def test_module_from_modules_refuses_what_it_cannot_represent(args, error, match):
+    with pytest.raises(error, match=match):
+        fastvae.nn.DeconvBlock.from_modules(*args)
 
 
 # ------------------------------------------------------------------------- bad input

@@ -1,0 +1,230 @@
+"""fastvae.fuse: the ConvTranspose2d -> norm -> activation runs of existing models as one
+fused deconv_block each, in place.
+
+The modules stay where they are, with their own Parameter and buffer objects (state_dict
+keys, requires_grad, optimizer state, sharing and .to() behave as before): only the
+nn.Sequential that holds a run changes class, to FusedSequential, whose forward calls
+fastvae.deconv_block for the run and reads the modules' tensors at call time (a
+torch.nn.utils.parametrize'd weight through its parametrization).
+"""
+import logging
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .ops import deconv_block
+
+log = logging.getLogger(__name__)
+
+NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.Identity)
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity)
+
+
+class Unfusable(ValueError):
+    """Why a module cannot be part of a fused block."""
+
+
+class UnfusableType(Unfusable, TypeError):
+    """A module of a type fused blocks do not take."""
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or getattr(module, "_forward_hooks_with_kwargs", None))
+
+
+def check_conv(conv: nn.Module) -> None:
+    """Raises Unfusable unless deconv_block computes `conv` exactly, reading its weight at
+    call time."""
+    if parametrize.type_before_parametrizations(conv) is not nn.ConvTranspose2d:
+        raise UnfusableType(f"{type(conv).__name__} is not nn.ConvTranspose2d itself")
+    if conv.dilation != (1, 1) or conv.groups != 1:
+        raise Unfusable(f"dilation {conv.dilation} and groups {conv.groups}: deconv_block "
+                        "takes dilation 1, groups 1")
+    if conv.padding_mode != "zeros":
+        raise Unfusable(f"padding_mode {conv.padding_mode!r}")
+    if _hooked(conv):
+        raise Unfusable("it has forward hooks (torch.nn.utils.spectral_norm and weight_norm "
+                        "work by hooks; their torch.nn.utils.parametrizations versions fuse)")
+    if parametrize.is_parametrized(conv) and "bias" in conv.parametrizations:
+        raise Unfusable("its bias is parametrized")
+
+
+def check_norm(norm: Optional[nn.Module]) -> None:
+    if norm is None or type(norm) is nn.Identity:
+        return
+    if type(norm) not in NORMS:
+        raise UnfusableType(f"{type(norm).__name__} is not one of BatchNorm2d, GroupNorm, "
+                            "InstanceNorm2d, Identity")
+    if type(norm) is nn.InstanceNorm2d and norm.track_running_stats:
+        raise Unfusable("InstanceNorm2d with track_running_stats=True (running statistics "
+                        "per channel in eval: not a deconv_block norm)")
+    if _hooked(norm):
+        raise Unfusable(f"its {type(norm).__name__} has forward hooks")
+
+
+def check_activation(act: Optional[nn.Module]) -> None:
+    if act is None:
+        return
+    if type(act) not in ACTIVATIONS:
+        raise UnfusableType(f"{type(act).__name__} is not one of "
+                            + ", ".join(a.__name__ for a in ACTIVATIONS))
+    if _hooked(act):
+        raise Unfusable(f"its {type(act).__name__} has forward hooks")
+
+
+def activation_args(act: Optional[nn.Module]) -> dict:
+    """deconv_block's activation arguments for an activation module (None: no activation)."""
+    if act is None or type(act) is nn.Identity:
+        return {"activation": "none"}
+    if type(act) is nn.LeakyReLU:
+        return {"activation": "leaky_relu", "negative_slope": act.negative_slope}
+    if type(act) is nn.GELU:
+        return {"activation": "gelu" if act.approximate == "none" else "gelu_tanh"}
+    return {"activation": {nn.ReLU: "relu", nn.SiLU: "silu", nn.Tanh: "tanh",
+                           nn.Sigmoid: "sigmoid"}[type(act)]}
+
+
+def batch_norm_momentum(bn: nn.BatchNorm2d) -> float:
+    """BatchNorm2d.forward's bookkeeping before its F.batch_norm call: counts the batch and
+    returns the exponential average factor (momentum, or 1/batches when it is None)."""
+    if not (bn.training and bn.track_running_stats):
+        return 0.0 if bn.momentum is None else bn.momentum
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            return 1.0 / float(bn.num_batches_tracked)
+    return bn.momentum
+
+
+def norm_args(norm: Optional[nn.Module]) -> dict:
+    """deconv_block's norm arguments, read from the norm module now (its current tensors,
+    mode and, for BatchNorm in training, one more counted batch)."""
+    if norm is None or type(norm) is nn.Identity:
+        return {"norm": "none"}
+    args = {"eps": norm.eps, "norm_weight": norm.weight, "norm_bias": norm.bias}
+    if type(norm) is nn.GroupNorm:
+        return {**args, "norm": "group", "num_groups": norm.num_groups}
+    if type(norm) is nn.InstanceNorm2d:
+        return {**args, "norm": "instance"}
+    momentum = batch_norm_momentum(norm)
+    use_running = not norm.training or norm.track_running_stats
+    training = norm.training or (norm.running_mean is None and norm.running_var is None)
+    return {**args, "norm": "batch", "momentum": momentum, "training": training,
+            "running_mean": norm.running_mean if use_running else None,
+            "running_var": norm.running_var if use_running else None}
+
+
+def fused_forward(x: Tensor, conv: nn.ConvTranspose2d, norm: Optional[nn.Module],
+                  act: Optional[nn.Module], backend: str) -> Tensor:
+    """act(norm(conv(x))) as one deconv_block call on the modules' current tensors."""
+    tensors = {"x": x, "weight": conv.weight, "bias": conv.bias}
+    kwargs = norm_args(norm)
+    if torch.is_autocast_enabled(x.device.type):  # custom ops are not autocast: cast here
+        dtype = torch.get_autocast_dtype(x.device.type)
+        tensors = {k: None if t is None else t.to(dtype) for k, t in tensors.items()}
+        for k in ("norm_weight", "norm_bias"):
+            if kwargs.get(k) is not None:
+                kwargs[k] = kwargs[k].to(dtype)
+    return deconv_block(tensors["x"], tensors["weight"], tensors["bias"], stride=conv.stride,
+                        padding=conv.padding, output_padding=conv.output_padding,
+                        backend=backend, **kwargs, **activation_args(act))
+
+
+class FusedSequential(nn.Sequential):
+    """An nn.Sequential whose fused runs (positions in `_fastvae_runs`: (start, norm, act,
+    stop), norm/act -1 when absent) run as one deconv_block each; the other children as
+    before."""
+
+    _fastvae_runs: tuple = ()
+    _fastvae_backend: str = "auto"
+
+    def forward(self, input):
+        modules = list(self._modules.values())
+        runs = {run[0]: run for run in self._fastvae_runs}
+        i = 0
+        while i < len(modules):
+            if i in runs:
+                start, norm, act, stop = runs[i]
+                input = fused_forward(input, modules[start], modules[norm] if norm >= 0 else None,
+                                      modules[act] if act >= 0 else None, self._fastvae_backend)
+                i = stop
+            else:
+                input = modules[i](input)
+                i += 1
+        return input
+
+
+def _plan(seq: nn.Sequential, prefix: str, report: list) -> tuple:
+    """The runs of `seq` (named `prefix` in the model) that fuse, as
+    FusedSequential._fastvae_runs; a line of `report` per ConvTranspose2d."""
+    modules = list(seq._modules.values())
+    names = list(seq._modules.keys())
+    runs, i = [], 0
+    while i < len(modules):
+        if not isinstance(modules[i], nn.ConvTranspose2d):
+            i += 1
+            continue
+        where = f"{prefix}.{names[i]}" if prefix else names[i]
+        try:
+            check_conv(modules[i])
+        except Unfusable as e:
+            report.append(f"{where}: left unfused: {e}")
+            i += 1
+            continue
+        norm = act = -1
+        j = i + 1
+        if j < len(modules) and isinstance(modules[j], NORMS):
+            try:
+                check_norm(modules[j])
+                norm, j = j, j + 1
+            except Unfusable as e:
+                report.append(f"{where}: left unfused: {e}")
+                i = j + 1
+                continue
+        if j < len(modules) and type(modules[j]) in ACTIVATIONS and not _hooked(modules[j]):
+            act, j = j, j + 1
+        if all(k < 0 or type(modules[k]) is nn.Identity for k in (norm, act)):
+            report.append(f"{where}: left unfused: no norm or activation follows it (the bare "
+                          "convolution is eager's own)")
+            i += 1
+            continue
+        parts = [type(modules[k]).__name__ for k in range(i, j)]
+        report.append(f"{where}: fused {' -> '.join(parts)}")
+        runs.append((i, norm, act, j))
+        i = j
+    return tuple(runs)
+
+
+def fuse(model: nn.Module, *, backend: str = "auto", verbose: bool = False) -> nn.Module:
+    """Fuses every ConvTranspose2d -> [norm] -> [activation] run of consecutive children of an
+    nn.Sequential in `model` (any depth) in place, and returns `model`.
+
+    The modules, their Parameters and buffers stay where they are (state_dict keys and
+    objects unchanged); a run that cannot fuse (hooks, a parametrized bias, dilation or
+    groups, InstanceNorm2d with running statistics) is left as it is. verbose=True prints,
+    for every ConvTranspose2d, fused or not and why (the lines are also logged at INFO).
+    """
+    report = []
+    for prefix, module in model.named_modules():
+        if type(module) in (nn.Sequential, FusedSequential):
+            runs = _plan(module, prefix, report)
+            if runs:
+                module.__class__ = FusedSequential
+                module._fastvae_runs = runs
+                module._fastvae_backend = backend
+            elif type(module) is FusedSequential:
+                module.__class__ = nn.Sequential
+    in_sequential = {id(child) for s in model.modules() if isinstance(s, nn.Sequential)
+                     for child in s.children()}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ConvTranspose2d) and id(module) not in in_sequential:
+            report.append(f"{name or type(module).__name__}: left unfused: not a child of an "
+                          "nn.Sequential (fuse looks at runs of consecutive children)")
+    for line in report:
+        log.info(line)
+        if verbose:
+            print(f"fastvae.fuse: {line}")
+    return model
