@@ -90,9 +90,10 @@ def check_reparam_kl(backend) -> bool:
     return ok
 
 
-def deconv_inputs(n, cin, cout, h, dtype, style):
+def deconv_inputs(n, cin, cout, h, dtype, style, kernel=4):
     x = torch.randn(n, cin, h, h, device="cuda", dtype=dtype, requires_grad=True)
-    w = (torch.randn(cin, cout, 4, 4, device="cuda") / (cin * 4) ** 0.5).to(dtype).requires_grad_()
+    w = (torch.randn(cin, cout, kernel, kernel, device="cuda") / (cin * kernel) ** 0.5
+         ).to(dtype).requires_grad_()
     b = torch.randn(cout, device="cuda", dtype=dtype, requires_grad=True)
     kw = {}
     if style:
@@ -104,24 +105,33 @@ def deconv_inputs(n, cin, cout, h, dtype, style):
 def check_deconv_block(backend) -> bool:
     import fastvae
     ok = True
-    for (n, cin, cout, h, groups, style) in [(2, 8, 16, 5, 4, False), (3, 32, 64, 8, 32, True)]:
+    # (N, Cin, Cout, H, norm options, AdaIN, (kernel, stride, padding, output_padding), act)
+    cases = [(2, 8, 16, 5, dict(num_groups=4), False, (4, 2, 1, 0), "leaky_relu"),
+             (3, 32, 64, 8, dict(num_groups=32), True, (4, 2, 1, 0), "silu"),
+             (4, 16, 32, 6, dict(norm="batch"), False, (3, 2, 1, 1), "gelu"),  # VanillaVAE
+             (8, 20, 32, 1, dict(norm="batch"), False, (4, 1, 0, 0), "relu"),  # DCGAN's first
+             (2, 8, 3, 9, dict(norm="none"), False, (5, 3, 1, 2), "tanh")]  # odd phases
+    for (n, cin, cout, h, norm, style, (k, st, pad, opad), act) in cases:
+        opts = dict(norm, stride=st, padding=pad, output_padding=opad, activation=act)
         for dtype in (torch.float32, torch.bfloat16):
-            x, w, b, kw = deconv_inputs(n, cin, cout, h, dtype, style)
+            x, w, b, kw = deconv_inputs(n, cin, cout, h, dtype, style, k)
             leaves = [x, w, b, *kw.values()]
-            g_y = torch.randn(n, cout, 2 * h, 2 * h, device="cuda", dtype=dtype)
+            ho = (h - 1) * st - 2 * pad + k + opad
+            g_y = torch.randn(n, cout, ho, ho, device="cuda", dtype=dtype)
 
             def run(ls, bk):
-                y = fastvae.deconv_block(ls[0], ls[1], ls[2], num_groups=groups, backend=bk,
+                y = fastvae.deconv_block(ls[0], ls[1], ls[2], backend=bk, **opts,
                                          **dict(zip(kw, ls[3:])))
                 return (y, *torch.autograd.grad(y, ls, g_y))
             outs = run(leaves, backend)
             low = run(leaves, "reference")
             l32 = [t.detach().float().requires_grad_() for t in leaves]
-            y = fastvae.deconv_block(l32[0], l32[1], l32[2], num_groups=groups, backend="reference",
+            y = fastvae.deconv_block(l32[0], l32[1], l32[2], backend="reference", **opts,
                                      **dict(zip(kw, l32[3:])))
             refs = (y, *torch.autograd.grad(y, l32, g_y.float()))
             floor = 1e-4 if dtype == torch.float32 else 2e-2
-            ok &= check(f"deconv_block[{backend}] N{n} {cin}->{cout} {h}x{h} {dtype}", outs, refs, low, floor)
+            ok &= check(f"deconv_block[{backend}] N{n} {cin}->{cout} {h}x{h} k{k}s{st}p{pad}op{opad} "
+                        f"{norm} {act} {dtype}", outs, refs, low, floor)
     return ok
 
 

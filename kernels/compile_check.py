@@ -27,7 +27,6 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from fastvae.kernels import deconv_block, reparam_kl  # noqa: E402
-from fastvae.reference import K4S2P1  # noqa: E402
 
 ARCHS = (80, 90)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -79,12 +78,18 @@ def reparam_kl_launches():
     return calls
 
 
-# (x shape, Cout, groups, affine, activation): the bench layers' divisibility, then odd.
+K4S2P1_KERNEL = (4, 2, 1, 0)  # (kernel, stride, padding, output_padding)
+# (x shape, Cout, groups, affine, activation, geometry): the bench layers' divisibility,
+# the other geometries, BatchNorm (groups -1) and activations of real models, then odd.
 DECONV_CASES = [
-    ((2, 64, 16, 16), 32, 32, "spatial", "silu"),  # every elementwise feature on
-    ((2, 64, 16, 16), 32, 8, "channel", "leaky_relu"),  # per-channel grad_scale sums
-    ((2, 64, 16, 16), 32, 0, None, "relu"),  # no statistics
-    ((1, 3, 5, 7), 6, 3, "sample", "none"),  # odd sizes: no divisibility specialization
+    ((2, 64, 16, 16), 32, 32, "spatial", "silu", K4S2P1_KERNEL),  # every elementwise feature on
+    ((2, 64, 16, 16), 32, 8, "channel", "leaky_relu", K4S2P1_KERNEL),  # per-channel sums
+    ((2, 64, 16, 16), 32, 0, None, "relu", K4S2P1_KERNEL),  # no statistics
+    ((2, 64, 16, 16), 32, -1, "channel", "gelu", (3, 2, 1, 1)),  # VanillaVAE / CycleGAN
+    ((4, 100, 1, 1), 64, -1, "channel", "relu", (4, 1, 0, 0)),  # DCGAN's first layer
+    ((2, 32, 16, 16), 16, 8, None, "gelu_tanh", (2, 2, 0, 0)),
+    ((2, 16, 32, 32), 3, 0, None, "tanh", K4S2P1_KERNEL),  # DCGAN's last layer
+    ((1, 3, 5, 7), 6, 3, "sample", "sigmoid", (5, 3, 1, 2)),  # odd: no specialization
 ]
 
 
@@ -92,11 +97,13 @@ def deconv_block_launches(arch):
     calls = []
     for dtype in DTYPES:
         configs = deconv_block.conv_configs(arch, dtype)
-        for i, (x_shape, cout, groups, affine, act) in enumerate(DECONV_CASES):
+        for i, (x_shape, cout, groups, affine, act, (k, st, pad, opad)) in enumerate(DECONV_CASES):
             n, cin, h, w = x_shape
-            out_shape = (n, cout, 2 * h, 2 * w)
+            geometry = [st, st, pad, pad, opad, opad]
+            out_shape = (n, cout, deconv_block.out_size(h, k, st, pad, opad),
+                         deconv_block.out_size(w, k, st, pad, opad))
             x = torch.zeros(x_shape, dtype=dtype)
-            weight = torch.zeros(cin, cout, 4, 4, dtype=dtype)
+            weight = torch.zeros(cin, cout, k, k, dtype=dtype)
             bias = torch.zeros(cout, dtype=dtype)
             scale = shift = None
             if affine == "spatial":
@@ -110,13 +117,14 @@ def deconv_block_launches(arch):
                 deconv_block.conv_config, saved = (lambda *_, cfg=cfg: cfg), deconv_block.conv_config
                 try:
                     calls += _record(deconv_block, lambda: deconv_block.deconv_block_fwd(
-                        x, weight, bias, scale, shift, K4S2P1, groups, act, 0.2, 1e-5))
+                        x, weight, bias, scale, shift, geometry, groups, act, 0.2, 1e-5))
                 finally:
                     deconv_block.conv_config = saved
+            stats = deconv_block._stats_shape(n, cout, groups)
             y, pre, mean, rstd = (torch.zeros(out_shape, dtype=dtype), torch.zeros(out_shape, dtype=dtype),
-                                  torch.zeros(n, groups), torch.zeros(n, groups))
+                                  torch.zeros(stats), torch.zeros(stats))
             calls += _record(deconv_block, lambda: deconv_block.deconv_block_bwd(
-                y, x, weight, pre, mean, rstd, scale, shift, True, K4S2P1, groups, act, 0.2,
+                y, x, weight, pre, mean, rstd, scale, shift, True, geometry, groups, act, 0.2,
                 1e-5))
     return calls
 

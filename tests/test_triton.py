@@ -154,11 +154,11 @@ NORMS = {"group": dict(norm="group"), "instance": dict(norm="instance"), "none":
 AFFINES = ("none", "norm_weight", "adain", "spatial_adain")
 
 
-def _deconv_inputs(x_shape, cout, affine, bias=True):
+def _deconv_inputs(x_shape, cout, affine, bias=True, kernel=4):
     """float32 inputs and keyword tensors of one contract option."""
     n, cin, h, w = x_shape
     x = torch.randn(x_shape)
-    weight = torch.randn(cin, cout, 4, 4) / (4 * cin) ** 0.5
+    weight = torch.randn(cin, cout, kernel, kernel) / (kernel * cin) ** 0.5
     tensors = dict(x=x, weight=weight, bias=torch.randn(cout) if bias else None)
     if affine == "norm_weight":
         tensors.update(norm_weight=1 + 0.5 * torch.randn(cout), norm_bias=torch.randn(cout))
@@ -190,15 +190,17 @@ def _deconv_run(backend, tensors, dtype, grad_y, layout=None, **kwargs):
 KINKED = ("relu", "leaky_relu")
 
 
-def _check_deconv(x_shape, cout, affine, dtype, layout=None, bias=True, **kwargs):
+def _check_deconv(x_shape, cout, affine, dtype, layout=None, bias=True, kernel=4, **kwargs):
     if dtype != torch.float32 and kwargs.get("activation", "leaky_relu") in KINKED:
         # In half precision a pre-activation within one rounding of 0 may take the other
         # side of the kink than in torch's run (different summation order), which moves
         # a whole gradient element: a coin flip, not an error. Kinks are tested in float32.
         kwargs["activation"] = "silu"
-    tensors = _deconv_inputs(x_shape, cout, affine, bias)
-    n, _, h, w = x_shape
-    grad_y = torch.randn(n, cout, 2 * h, 2 * w)
+    tensors = _deconv_inputs(x_shape, cout, affine, bias, kernel)
+    out_shape = fastvae.deconv_block(tensors["x"], tensors["weight"], norm="none",
+                                     backend="reference", **{k: v for k, v in kwargs.items() if k in
+                                                             ("stride", "padding", "output_padding")}).shape
+    grad_y = torch.randn(out_shape)
     y, grads = _deconv_run("triton", tensors, dtype, grad_y, layout, **kwargs)
     y_low, grads_low = _deconv_run("reference", tensors, dtype, grad_y, layout, **kwargs)
     y_ref, grads_ref = _deconv_run("reference", tensors, torch.float32, grad_y, **kwargs)
@@ -209,7 +211,7 @@ def _check_deconv(x_shape, cout, affine, dtype, layout=None, bias=True, **kwargs
     assert grads.keys() == grads_ref.keys()
     for name in grads:
         assert grads[name].shape == grads_ref[name].shape, name
-        if name == "bias" and kwargs.get("norm") != "none":
+        if name == "bias" and kwargs.get("norm", "group") != "none":
             # The norm cancels the bias: its gradient is exactly zero, and what both
             # compute is rounding noise of a sum of many terms. Bound the noise by
             # torch's own, with room for a different summation order.
@@ -275,6 +277,61 @@ def _channels_last(name, t):
 def test_deconv_block_layouts(layout, affine, dtype, poisoned_outputs):
     _check_deconv((2, 6, 3, 4), 6, affine, dtype, layout, bias=affine == "adain",
                   norm="instance")
+
+
+GEOMETRIES = {  # name -> (kernel, stride, padding, output_padding, x shape)
+    "k3s2p1op1": (3, 2, 1, 1, (2, 5, 3, 4)),
+    "k2s2p0": (2, 2, 0, 0, (2, 5, 3, 2)),
+    "k4s1p0_1x1": (4, 1, 0, 0, (3, 5, 1, 1)),  # DCGAN's first layer
+    "k5s3p1op2": (5, 3, 1, 2, (1, 3, 2, 3)),  # odd: masked taps in some phases
+    "k1s1p0": (1, 1, 0, 0, (2, 4, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_deconv_block_geometry(name, norm, dtype, poisoned_outputs):
+    k, stride, padding, output_padding, x_shape = GEOMETRIES[name]
+    act = ("gelu", "tanh", "sigmoid")[list(GEOMETRIES).index(name) % 3]
+    _check_deconv(x_shape, 8, "norm_weight" if norm != "none" else "adain", dtype, kernel=k,
+                  stride=stride, padding=padding, output_padding=output_padding, norm=norm,
+                  num_groups=4, activation=act)
+
+
+NEW_ACTIVATIONS = ("tanh", "sigmoid", "gelu", "gelu_tanh")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", NEW_ACTIVATIONS)
+@pytest.mark.parametrize("layout", [None, _channels_last], ids=["contiguous", "channels_last"])
+def test_deconv_block_batch_norm_and_new_activations(activation, layout, dtype, poisoned_outputs):
+    _check_deconv((3, 6, 3, 4), 8, "norm_weight", dtype, layout, norm="batch",
+                  activation=activation)
+
+
+def test_deconv_block_batch_statistics():
+    """BatchNorm's (1, C) mean/rstd from the conv epilogue's partials, a geometry whose
+    phases have different pixel counts (output_padding, stride 3)."""
+    t = _deconv_inputs((3, 5, 4, 3), 6, "none", kernel=5)
+    geometry = [3, 3, 1, 1, 2, 2]
+    got = db.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None, geometry, -1, "none",
+                              0.2, 1e-5)
+    ref = reference.deconv_block_fwd(t["x"], t["weight"], t["bias"], None, None, geometry, -1,
+                                     "none", 0.2, 1e-5)
+    for name, a, b in zip(("y", "pre_norm", "mean", "rstd"), got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert got[2].shape == (1, 6)
+
+
+def test_deconv_block_opcheck_geometry_and_batch():
+    t = _deconv_inputs((2, 4, 3, 2), 4, "norm_weight", kernel=3)
+    args = [t["x"], t["weight"], t["bias"], t["norm_weight"].view(1, -1, 1, 1),
+            t["norm_bias"].view(1, -1, 1, 1)]
+    for a in args:
+        a.requires_grad_(True)
+    torch.library.opcheck(torch.ops.fastvae.deconv_block.default,
+                          (*args, [2, 2, 1, 1, 1, 1], -1, "gelu_tanh", 0.2, 1e-5, "triton"))
 
 
 def test_deconv_block_backend_interface_stats():

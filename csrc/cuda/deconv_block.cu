@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <vector>
 #include <type_traits>
 
 #include "common/deconv_epilogue.h"
@@ -41,11 +42,16 @@ using deconv::Moments;
 constexpr int kThreads = 256;
 constexpr int64_t kSplitElems = 4096;  // plane elements per reduction block
 constexpr int kMaxSplits = 64;
+constexpr int64_t kBatch = -1;  // `groups` of BatchNorm: per channel over (N, H, W)
 
 Activation parse_activation(c10::string_view name) {
   if (name == "leaky_relu") return Activation::kLeakyRelu;
   if (name == "relu") return Activation::kRelu;
   if (name == "silu") return Activation::kSilu;
+  if (name == "tanh") return Activation::kTanh;
+  if (name == "sigmoid") return Activation::kSigmoid;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "gelu_tanh") return Activation::kGeluTanh;
   TORCH_CHECK(name == "none", "deconv_block: unknown activation ", name);
   return Activation::kNone;
 }
@@ -135,23 +141,40 @@ __global__ void plane_moments_kernel(const scalar_t* __restrict__ h,     // (N, 
   }
 }
 
-// One thread per (sample, group): merges its channels' partials into mean and rstd.
+// Which planes (sample * C + channel) share a statistic: statistic s of `per_sample` ones
+// per sample starts at plane (s / per_sample) * C + (s % per_sample) * width and has
+// `members` planes `stride` apart. GroupNorm: per_sample = groups, width = C / groups,
+// stride 1, members = C / groups; BatchNorm: per_sample = C, width 1, stride C, members N.
+struct StatPlanes {
+  int64_t c, per_sample, width, stride, members;
+  __host__ __device__ int64_t first(int64_t s) const {
+    return (s / per_sample) * c + (s % per_sample) * width;
+  }
+};
+
+StatPlanes stat_planes(int64_t n, int64_t c, int64_t groups) {
+  if (groups == kBatch) return StatPlanes{c, c, 1, c, n};
+  return StatPlanes{c, groups, c / groups, 1, c / groups};
+}
+
+// One thread per statistic: merges its planes' partials into mean and rstd.
 template <typename acc_t>
 __global__ void group_finalize_kernel(const acc_t* __restrict__ partial,  // (N*C, splits, 3)
                                       const acc_t* __restrict__ shift,    // (N*C)
-                                      int64_t n_groups, int64_t groups, int64_t cg, int splits,
-                                      acc_t eps, acc_t* __restrict__ mean,  // (N, groups)
+                                      int64_t n_stats, StatPlanes sp, int splits, acc_t eps,
+                                      acc_t* __restrict__ mean,  // (N, groups) or (1, C)
                                       acc_t* __restrict__ rstd) {
-  const int64_t ng = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (ng >= n_groups) return;
-  const int64_t first = (ng / groups) * groups * cg + (ng % groups) * cg;  // plane index
+  const int64_t s = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (s >= n_stats) return;
+  const int64_t first = sp.first(s);
   Moments<acc_t> m{0, 0, 0};
-  for (int64_t j = 0; j < cg * splits; ++j) {
-    const acc_t* q = partial + (first * splits + j) * 3;
-    m = deconv::merge(m, Moments<acc_t>{q[0], q[1], q[2]});
-  }
-  mean[ng] = shift[first] + m.mean;
-  rstd[ng] = deconv::rstd_of(m, eps);
+  for (int64_t k = 0; k < sp.members; ++k)
+    for (int j = 0; j < splits; ++j) {
+      const acc_t* q = partial + ((first + k * sp.stride) * splits + j) * 3;
+      m = deconv::merge(m, Moments<acc_t>{q[0], q[1], q[2]});
+    }
+  mean[s] = shift[first] + m.mean;
+  rstd[s] = deconv::rstd_of(m, eps);
 }
 
 // Operands of the elementwise kernels: per-plane tables and per-element affine terms.
@@ -241,10 +264,13 @@ int splits_of(int64_t hw) {
   return static_cast<int>(std::min<int64_t>((hw + kSplitElems - 1) / kSplitElems, kMaxSplits));
 }
 
-// (N, groups) -> (N*C) table; `none` without norm.
+// (N, groups) or, for BatchNorm, (1, C) statistics -> (N*C) table; `none` without norm.
 at::Tensor per_plane(const at::Tensor& per_group, int64_t n, int64_t c, int64_t groups,
                      double none, const at::TensorOptions& acc) {
   if (groups == 0) return at::full({n * c}, none, acc);
+  if (groups == kBatch) {
+    return per_group.to(acc.dtype()).view({1, c}).expand({n, c}).reshape({n * c}).contiguous();
+  }
   return per_group.to(acc.dtype()).view({n, groups, 1}).expand({n, groups, c / groups})
       .reshape({n * c}).contiguous();
 }
@@ -285,31 +311,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
                                         geometry.slice(2, 2), geometry.slice(4, 2))
                        .contiguous(fmt);
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
-  TORCH_CHECK(groups >= 0 && (groups == 0 || c % groups == 0),
-              "deconv_block: groups must divide the output channels");
+  TORCH_CHECK(groups == kBatch || (groups >= 0 && (groups == 0 || c % groups == 0)),
+              "deconv_block: groups must divide the output channels (or be -1, BatchNorm)");
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const auto acc = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  at::Tensor mean = at::empty({n, groups}, acc), rstd = at::empty({n, groups}, acc);
+  const StatPlanes sp = stat_planes(n, c, groups);
+  const int64_t n_stats = groups == kBatch ? c : n * groups;
+  const auto stat_shape = groups == kBatch ? std::vector<int64_t>{1, c}
+                                           : std::vector<int64_t>{n, groups};
+  at::Tensor mean = at::empty(stat_shape, acc), rstd = at::empty(stat_shape, acc);
   at::Tensor y = at::empty_like(pre);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_fwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     if (groups) {
-      const int64_t cg = c / groups;
-      // every plane's shift: the first element (pixel 0, first channel) of its group
-      const at::Tensor first = pre.select(3, 0).select(2, 0).view({n, groups, cg})
-                                   .select(2, 0).to(acc.dtype());
-      const at::Tensor shift_t = first.view({n, groups, 1}).expand({n, groups, cg})
-                                     .reshape({n * c}).contiguous();
+      // every plane's shift: pixel 0 of its statistic's first plane
+      const at::Tensor pixel0 = pre.select(3, 0).select(2, 0).to(acc.dtype());  // (N, C)
+      const at::Tensor shift_t =
+          groups == kBatch
+              ? pixel0.select(0, 0).view({1, c}).expand({n, c}).reshape({n * c}).contiguous()
+              : pixel0.view({n, groups, c / groups}).select(2, 0).view({n, groups, 1})
+                    .expand({n, groups, c / groups}).reshape({n * c}).contiguous();
       const int splits = splits_of(hw);
       at::Tensor partial = at::empty({n * c, splits, 3}, acc);
       plane_moments_kernel<scalar_t, acc_t><<<dim3(n * c, splits), kThreads, 0, stream>>>(
           pre.data_ptr<scalar_t>(), shift_t.data_ptr<acc_t>(), c, hw, nhwc,
           partial.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const int64_t ng = n * groups;
-      group_finalize_kernel<acc_t><<<(ng + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-          partial.data_ptr<acc_t>(), shift_t.data_ptr<acc_t>(), ng, groups, cg, splits,
+      group_finalize_kernel<acc_t><<<(n_stats + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+          partial.data_ptr<acc_t>(), shift_t.data_ptr<acc_t>(), n_stats, sp, splits,
           static_cast<acc_t>(eps), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -378,11 +408,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
       grad_shift = at::sum_to(g, shift->sizes()).to(shift->scalar_type()).contiguous();
     }
     if (groups) {
-      const int64_t cg = c / groups;
-      const double count = static_cast<double>(cg * hw);
+      // each statistic's means of g_n and g_n * n over its planes, per plane
       auto group_mean = [&](int k) {
-        return sums.select(2, k).reshape({n, groups, cg}).sum(2, true).div(count)
-            .expand({n, groups, cg}).reshape({n * c}).contiguous();
+        if (groups == kBatch) {
+          return sums.select(2, k).sum(0, true).div(static_cast<double>(n * hw))
+              .expand({n, c}).reshape({n * c}).contiguous();
+        }
+        const int64_t cg = c / groups;
+        return sums.select(2, k).reshape({n, groups, cg}).sum(2, true)
+            .div(static_cast<double>(cg * hw)).expand({n, groups, cg}).reshape({n * c})
+            .contiguous();
       };
       const at::Tensor mean_gn = group_mean(2), mean_gn_n = group_mean(3);
       const int64_t total = pre.numel();
