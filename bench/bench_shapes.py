@@ -20,7 +20,6 @@ interleaved minimums are also written there as JSON (the input of tools/conv_pat
 """
 import json
 import os
-import platform
 from dataclasses import dataclass
 
 import pytest
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 import fastvae
-from fastvae.backends import _unavailable_reason
+from fastvae.backends import _unavailable_reason, cpu_description
 from roofline import interleaved_seconds
 
 CL = torch.channels_last
@@ -81,30 +80,6 @@ ENTRIES = ("native_nchw", "native_cl", "eager_nchw", "eager_cl", "compile_nchw",
 ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "none": nn.Identity,
                       "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 _results = {}  # layer name -> entry -> interleaved min seconds
-
-
-def cpu_description() -> str:
-    """The CPU model and the vector instruction sets it has (from /proc/cpuinfo), and the
-    capability fastvae's native kernels run with where the extension says."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
-                       "avx512_fp16", "amx_bf16") if f in flags]
-    text = f"{model}, {os.cpu_count()} CPUs, {' '.join(isa) or 'no AVX2'}"
-    capability = getattr(fastvae.backends, "cpu_capability", None)
-    if capability is not None:
-        text += f"; fastvae native capability: {capability()}"
-    return text + f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def modules(layer: Layer, fmt):

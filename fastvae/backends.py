@@ -6,6 +6,7 @@ CUDA, else reference. A backend named explicitly is used or refused, never swapp
 import importlib
 import importlib.util
 import os
+import platform
 from dataclasses import dataclass, field
 
 import torch
@@ -113,3 +114,29 @@ def backends() -> list:
     """Every (backend, device type) pair with, per op, None or why it cannot run."""
     return [BackendStatus(b, d, {op: _unavailable_reason(b, op, d) for op in OPS})
             for b in NAMES[1:] for d in DEVICE_TYPES]
+
+
+VECTOR_FLAGS = ("sse4_2", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+                "avx512_fp16", "amx_bf16")
+NATIVE_CPU_ISA = "AVX2 + FMA + F16C"  # what setup.py compiles the CPU kernels for
+
+
+def cpu_description() -> str:
+    """The CPU model, the vector instruction sets it has (from /proc/cpuinfo) and the ones
+    the native CPU kernels were compiled for: the line benchmarks and `fastvae info` print,
+    as a ratio measured on one instruction set can flip on another."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    has = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no SSE4.2"
+    return (f"{model}, {os.cpu_count()} CPUs, {has}; native CPU kernels built for "
+            f"{NATIVE_CPU_ISA}; torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .backends import cpu_description
+
 
 def info(_args) -> int:
     import fastvae
@@ -19,6 +21,7 @@ def info(_args) -> int:
     print(f"python  {platform.python_version()}")
     print(f"torch   {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})")
     print(f"triton  {triton_version}")
+    print(f"cpu     {cpu_description()}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             print(f"cuda:{i}  {torch.cuda.get_device_name(i)}")

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import fastvae  # noqa: E402
-from bench_shapes import LAYERS, cpu_description  # noqa: E402
+from bench_shapes import LAYERS  # noqa: E402
+from fastvae.backends import cpu_description  # noqa: E402
 from roofline import interleaved_seconds  # noqa: E402
 
 PATHS = ("nchw", "channels_last", "winograd")
