@@ -34,7 +34,7 @@ from torch import nn
 
 import fastvae
 from fastvae.backends import _unavailable_reason
-from roofline import interleaved_seconds
+from roofline import interleaved_seconds, print_after_module
 
 SHAPES = {  # name -> (N, Cin, H, W, Cout); output (N, Cout, 2H, 2W)
     "256->128@16": (8, 256, 16, 16, 128),
@@ -116,12 +116,7 @@ def peak_rss_growth(run):
 @pytest.fixture(scope="module", autouse=True)
 def summary(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or not _results:
-        return
-    with capture.global_and_fixture_disabled():
-        write_summary(reporter)
+    print_after_module(request, _results, write_summary)
 
 
 def interleaved_min(name, rounds=21):
@@ -134,8 +129,7 @@ def interleaved_min(name, rounds=21):
     return {entry: min(t) for entry, t in interleaved_seconds(runs, rounds).items()}
 
 
-def write_summary(reporter):
-    line = reporter.write_line
+def write_summary(line):
     line("")
     line("deconv_block fwd+bwd, batch 8 (interleaved min ms; peak RSS growth MiB)")
     for name, (n, cin, h, w, cout) in SHAPES.items():

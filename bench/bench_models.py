@@ -18,7 +18,7 @@ import torch
 
 import fastvae
 from fastvae.backends import cpu_description
-from roofline import interleaved_seconds
+from roofline import interleaved_seconds, print_after_module
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from models import cyclegan_resnet, dcgan, gn_decoders, pix2pix_unet, vanilla_vae  # noqa: E402
@@ -64,20 +64,18 @@ def runner(entry, model, x):
 @pytest.fixture(scope="module", autouse=True)
 def summary(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or not _results:
-        return
-    with capture.global_and_fixture_disabled():
-        line = reporter.write_line
-        line("")
-        line(f"whole models fwd+bwd, float32 NCHW, training mode; {cpu_description()}")
-        line(f"{'model':30s} {'eager ms':>9s} {'compile':>9s} {'fused':>9s} "
-             f"{'vs eager':>9s} {'vs compile':>10s}")
-        for name, r in _results.items():
-            line(f"{name:30s} {1e3 * r['eager']:9.1f} {1e3 * r['compile']:9.1f} "
-                 f"{1e3 * r['fused']:9.1f} {r['eager'] / r['fused']:8.2f}x "
-                 f"{r['compile'] / r['fused']:9.2f}x")
+    print_after_module(request, _results, write_summary)
+
+
+def write_summary(line):
+    line("")
+    line(f"whole models fwd+bwd, float32 NCHW, training mode; {cpu_description()}")
+    line(f"{'model':30s} {'eager ms':>9s} {'compile':>9s} {'fused':>9s} "
+         f"{'vs eager':>9s} {'vs compile':>10s}")
+    for name, r in _results.items():
+        line(f"{name:30s} {1e3 * r['eager']:9.1f} {1e3 * r['compile']:9.1f} "
+             f"{1e3 * r['fused']:9.1f} {r['eager'] / r['fused']:8.2f}x "
+             f"{r['compile'] / r['fused']:9.2f}x")
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -21,7 +21,7 @@ import torch
 
 import fastvae
 from fastvae.backends import _unavailable_reason
-from roofline import annotate, interleaved_seconds
+from roofline import annotate, interleaved_seconds, print_after_module
 
 SHAPES = {"16M": (256, 65536), "256x512": (256, 512)}
 ENTRIES = ("copy", "eager", "compile", "native")  # run in this order: the summary needs all
@@ -53,12 +53,7 @@ def fwd_bwd(fn, mu, logvar, grad_z, grad_kl):
 @pytest.fixture(scope="module", autouse=True)
 def summary(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or not _results:
-        return
-    with capture.global_and_fixture_disabled():
-        write_summary(reporter)
+    print_after_module(request, _results, write_summary)
 
 
 def make_run(name, entry):
@@ -81,15 +76,15 @@ def interleaved(name, entries):
     return {entry: (statistics.median(t), min(t)) for entry, t in times.items()}
 
 
-def write_summary(reporter):
+def write_summary(line):
     """Median (and min: the least disturbed round) per entry, timed interleaved."""
     for name in SHAPES:
         entries = [e for e in ENTRIES if (name, e) in _results]
         if "copy" in entries:
             for entry, stats in interleaved(name, entries).items():
                 _results[(name, entry)] = stats
-    reporter.write_line("")
-    reporter.write_line("reparam_kl fwd+bwd        median ms   GB/s  of copy BW |   min ms   GB/s  of copy BW")
+    line("")
+    line("reparam_kl fwd+bwd        median ms   GB/s  of copy BW |   min ms   GB/s  of copy BW")
     for name, shape in SHAPES.items():
         if (name, "copy") not in _results:
             continue
@@ -103,13 +98,13 @@ def write_summary(reporter):
             for t, c in zip(_results[(name, entry)], copy_gbs):
                 gbs = moved / t / 1e9
                 cells.append(f"{1e3 * t:9.3f} {gbs:6.2f} {gbs / c:8.1%}")
-            reporter.write_line(f"  {name:8s} {entry:8s} {cells[0]}    | {cells[1]}")
+            line(f"  {name:8s} {entry:8s} {cells[0]}    | {cells[1]}")
         if (name, "native") in _results:
             native = _results[(name, "native")]
             for other in ("eager", "compile"):
                 if (name, other) in _results:
                     base = _results[(name, other)]
-                    reporter.write_line(f"  {name:8s} native vs {other}: {base[0] / native[0]:.2f}x (median), "
+                    line(f"  {name:8s} native vs {other}: {base[0] / native[0]:.2f}x (median), "
                                         f"{base[1] / native[1]:.2f}x (min)")
 
 

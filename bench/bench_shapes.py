@@ -28,7 +28,7 @@ from torch import nn
 
 import fastvae
 from fastvae.backends import _unavailable_reason, cpu_description
-from roofline import interleaved_seconds
+from roofline import interleaved_seconds, print_after_module
 
 CL = torch.channels_last
 
@@ -131,12 +131,7 @@ def rounds_for(layer: Layer) -> int:
 @pytest.fixture(scope="module", autouse=True)
 def summary(request):
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or not _results:
-        return
-    with capture.global_and_fixture_disabled():
-        write_summary(reporter.write_line)
+    print_after_module(request, _results, write_summary)
     path = os.environ.get("FASTVAE_BENCH_JSON")
     if path:
         with open(path, "w") as f:

@@ -54,6 +54,17 @@ def annotate(benchmark, *, bytes_moved=None, flops=None, copy_bandwidth=None):
         benchmark.extra_info["GFLOP/s"] = round(flops / mean / 1e9, 1)
 
 
+def print_after_module(request, results, write):
+    """For a module-scoped fixture, after the module's tests: write(line) for the module's
+    summary through pytest's terminal (capture off), when any test left `results`."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or not results:
+        return
+    with capture.global_and_fixture_disabled():
+        write(reporter.write_line)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
