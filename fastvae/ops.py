@@ -206,8 +206,8 @@ def reparam_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
 
     With eps=None the noise is Triton's `tl.randn(seed, i)` stream, drawn in the kernel
     and regenerated in backward; seed=None draws one from `generator`, else from torch's
-    default generator of mu's device. Returns (z, kl): z has mu's dtype; kl is float32 (float64 for float64 input),
-    shape (B,) for reduction="none", else a scalar.
+    default generator of mu's device. Returns (z, kl): z has mu's dtype; kl is float32
+    (float64 for float64 input), shape (B,) for reduction="none", else a scalar.
     """
     _validate.reparam_kl(mu, logvar, eps, seed, generator, reduction)
     concrete = resolve(backend, "reparam_kl", mu.device)

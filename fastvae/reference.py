@@ -102,7 +102,8 @@ def activate_grad(a: Tensor, activation: str, negative_slope: float) -> Tensor:
         s = torch.sigmoid(a)
         return s * (1 - s)
     if activation == "gelu":  # Phi(a) + a * phi(a)
-        return 0.5 * (1 + torch.erf(a * 0.5**0.5)) + a * torch.exp(-0.5 * a * a) * (2 * torch.pi) ** -0.5
+        phi = torch.exp(-0.5 * a * a) * (2 * torch.pi) ** -0.5
+        return 0.5 * (1 + torch.erf(a * 0.5**0.5)) + a * phi
     if activation == "gelu_tanh":  # 0.5 a (1 + tanh(u)), u = sqrt(2/pi) (a + 0.044715 a^3)
         k = (2 / torch.pi) ** 0.5
         t = torch.tanh(k * (a + 0.044715 * a**3))

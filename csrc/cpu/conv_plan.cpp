@@ -12,7 +12,8 @@
 namespace fastvae {
 namespace cpu {
 
-ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type) {
+ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1,
+                   at::ScalarType conv_type) {
   const bool x_channels_last = !x.is_contiguous() &&
                                x.is_contiguous(at::MemoryFormat::ChannelsLast);
   const bool winograd_ok =

@@ -35,7 +35,8 @@ struct ConvPlan {
 // The plan for x (N, Cin, H, W) and `cout` output channels of a block whose geometry is the
 // 4x4/2/1 one when `k4s2p1`; `conv_type` is the dtype the convolutions run in (float32 for
 // upcast bf16/fp16).
-ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type);
+ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1,
+                   at::ScalarType conv_type);
 
 }  // namespace cpu
 }  // namespace fastvae

@@ -123,6 +123,13 @@ Geometry parse_geometry(at::IntArrayRef g) {
   return geo;
 }
 
+// The conv path of a call (cpu/conv_plan.h); `upcast`: its convolutions run in float32.
+cpu::ConvPlan conv_plan_of(const at::Tensor& x, const at::Tensor& weight, const Geometry& geo,
+                           bool upcast) {
+  return cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight),
+                        upcast ? at::kFloat : x.scalar_type());
+}
+
 at::MemoryFormat format_of(const at::Tensor& x) {
   // The public op's rule (fastvae/ops.py _memory_format): channels_last only when x is.
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
@@ -341,8 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   const Activation act = parse_activation(activation);
   const at::MemoryFormat fmt = format_of(x);
   const bool upcast = conv_in_float(x.scalar_type());
-  const cpu::ConvPlan plan =
-      cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight), upcast ? at::kFloat : x.scalar_type());
+  const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, upcast);
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
   const at::Tensor pre = cpu::to_layout(
@@ -635,8 +641,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   });
   if (!has_bias) grad_bias = at::empty({0}, x.options());
   const bool upcast = conv_in_float(x.scalar_type());
-  const cpu::ConvPlan plan =
-      cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight), upcast ? at::kFloat : x.scalar_type());
+  const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, upcast);
   const at::Tensor xc = conv_activation(x, upcast, plan);
   const at::Tensor wc = conv_operand(weight, upcast);
   const at::Tensor ghc = conv_activation(gh, upcast, plan);
@@ -656,9 +661,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
 // The name of the conv path a call with these operands takes (for tests and tools).
 std::string deconv_block_conv_plan(const at::Tensor& x, const at::Tensor& weight,
                                    at::IntArrayRef geometry) {
-  const bool upcast = conv_in_float(x.scalar_type());
-  return cpu::plan_conv(x, weight.size(1), parse_geometry(geometry).is_k4s2p1(weight),
-                        upcast ? at::kFloat : x.scalar_type()).name();
+  return conv_plan_of(x, weight, parse_geometry(geometry), conv_in_float(x.scalar_type())).name();
 }
 
 }  // namespace
