@@ -394,3 +394,22 @@ def test_batch_statistics_stable_when_mean_dwarfs_std(layout):
     assert mean.shape == rstd.shape == (1, 8)
     torch.testing.assert_close(mean[0].double(), exact_mean, rtol=1e-6, atol=0)
     torch.testing.assert_close(rstd[0].double(), torch.rsqrt(exact_var + 1e-5), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_non_square_geometry(layout):
+    """A 3x5 kernel with stride (2, 3), padding (1, 2), output_padding (1, 0), float64."""
+    torch.manual_seed(torch.seed() % 2**31)
+    x = torch.randn(2, 4, 3, 4, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(4, 6, 3, 5, dtype=torch.float64)
+    out = {}
+    for backend in ("native", "reference"):
+        leaves = [t.clone().requires_grad_() for t in (x, weight)]
+        y = fastvae.deconv_block(*leaves, stride=(2, 3), padding=(1, 2), output_padding=(1, 0),
+                                 norm="batch", activation="gelu_tanh", backend=backend)
+        out[backend] = [y, *torch.autograd.grad(y, leaves, torch.ones_like(y))]
+    assert out["native"][0].shape == (2, 6, 6, 10)  # nn.ConvTranspose2d's sizes
+    for a, b in zip(out["native"], out["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
