@@ -46,7 +46,7 @@ _results = {}
 def runner(entry, model, x):
     model = copy.deepcopy(model)
     if entry == "compile":
-        model = torch.compile(model)
+        model = torch.compile(model, dynamic=False)
     elif entry == "fused":
         fastvae.fuse(model)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -108,7 +108,7 @@ def runner(entry: str, layer: Layer):
         fn = lambda: conv(x)  # noqa: E731
         params = [x, conv.weight, conv.bias]
     elif kind in ("eager", "compile"):
-        model = torch.compile(block) if kind == "compile" else block
+        model = torch.compile(block, dynamic=False) if kind == "compile" else block
         fn = lambda: model(x)  # noqa: E731
     else:
         norm_args = {"norm": layer.norm, "num_groups": 32}
