@@ -65,17 +65,18 @@ def test_float64_outputs_and_gradients_match(name, backend):
 def test_float32_within_the_originals_own_error(name):
     """float32 fused against the float64 original is held to twice the float32 original's own
     error (deep InstanceNorm U-Nets amplify rounding: a fixed tolerance would not say much),
-    both as the relative L2 norm of the error: the max over a tensor was a noisy statistic
-    (fused 7.6e-6 against twice torch's 2.9e-6 in one CI run of the U-Net)."""
+    as L2 norms of the errors (the max over a tensor was a noisy statistic: fused 7.6e-6
+    against twice torch's 2.9e-6 in one CI run), plus 1e-6 of the largest gradient's norm:
+    a bias ahead of a norm has an exact gradient of 0, and both float32 runs' is noise."""
     original, fused, x = pair(name, dtype=torch.float64)
     y64, g64 = forward_backward(original, x)
     y32, g32 = forward_backward(original.float(), x.float())
     yf, gf = forward_backward(fused.float(), x.float())
+    floor = 1e-6 * max(g.norm().item() for g in g64)
     for what, a, own, exact in [("y", yf, y32, y64)] + [
             (f"grad {i}", a, o, e) for i, (a, o, e) in enumerate(zip(gf, g32, g64))]:
-        norm = exact.norm().item() + 1e-30
-        err = (a.double() - exact).norm().item() / norm
-        bound = 2 * (own.double() - exact).norm().item() / norm + 2**-24
+        err = (a.double() - exact).norm().item()
+        bound = 2 * (own.double() - exact).norm().item() + floor
         assert err <= bound, f"{name} {what}: {err:.3g} > {bound:.3g}"
 
 
