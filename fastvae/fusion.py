@@ -87,16 +87,21 @@ def activation_args(act: Optional[nn.Module]) -> dict:
                            nn.Sigmoid: "sigmoid"}[type(act)]}
 
 
-def batch_norm_momentum(bn: nn.BatchNorm2d) -> float:
-    """BatchNorm2d.forward's bookkeeping before its F.batch_norm call: counts the batch and
-    returns the exponential average factor (momentum, or 1/batches when it is None)."""
-    if not (bn.training and bn.track_running_stats):
-        return 0.0 if bn.momentum is None else bn.momentum
-    if bn.num_batches_tracked is not None:
+def batch_norm_args(bn: nn.Module) -> dict:
+    """deconv_block's running_mean/running_var/momentum/training for a BatchNorm2d (or a
+    DeconvBlock with norm="batch", which keeps the same attributes), with BatchNorm2d.
+    forward's bookkeeping: in training, one more counted batch, and momentum None meaning
+    the cumulative average 1/num_batches_tracked."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
-            return 1.0 / float(bn.num_batches_tracked)
-    return bn.momentum
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_running = not bn.training or bn.track_running_stats
+    return {"momentum": momentum,
+            "training": bn.training or (bn.running_mean is None and bn.running_var is None),
+            "running_mean": bn.running_mean if use_running else None,
+            "running_var": bn.running_var if use_running else None}
 
 
 def norm_args(norm: Optional[nn.Module]) -> dict:
@@ -109,12 +114,7 @@ def norm_args(norm: Optional[nn.Module]) -> dict:
         return {**args, "norm": "group", "num_groups": norm.num_groups}
     if type(norm) is nn.InstanceNorm2d:
         return {**args, "norm": "instance"}
-    momentum = batch_norm_momentum(norm)
-    use_running = not norm.training or norm.track_running_stats
-    training = norm.training or (norm.running_mean is None and norm.running_var is None)
-    return {**args, "norm": "batch", "momentum": momentum, "training": training,
-            "running_mean": norm.running_mean if use_running else None,
-            "running_var": norm.running_var if use_running else None}
+    return {**args, "norm": "batch", **batch_norm_args(norm)}
 
 
 def fused_forward(x: Tensor, conv: nn.ConvTranspose2d, norm: Optional[nn.Module],

@@ -58,7 +58,8 @@ class DeconvBlock(nn.Module):
         self.padding, self.output_padding = padding, output_padding
         self.norm, self.num_groups, self.activation = norm, num_groups, activation
         self.negative_slope, self.eps, self.backend = negative_slope, eps, backend
-        self.momentum, self.style_dim = momentum, style_dim
+        self.momentum, self.track_running_stats = momentum, track_running_stats
+        self.style_dim = style_dim
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels, *k, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         use_affine = affine and norm != "none" and style_dim is None
@@ -93,17 +94,6 @@ class DeconvBlock(nn.Module):
             style_scale = style_scale + 1
         return self.apply_block(x, style_scale, style_shift)
 
-    def _batch_norm_args(self) -> dict:
-        """BatchNorm2d.forward's bookkeeping: the running statistics, momentum, mode."""
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
-        return {"running_mean": self.running_mean, "running_var": self.running_var,
-                "momentum": momentum,
-                "training": self.training or self.running_mean is None}
-
     def apply_block(self, x: Tensor, style_scale: Optional[Tensor] = None,
                     style_shift: Optional[Tensor] = None) -> Tensor:
         """The block with AdaIN parameters given directly: (N, Cout) or (N, Cout, Ho, Wo)."""
@@ -113,7 +103,7 @@ class DeconvBlock(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
             tensors = [t if t is None else t.to(dtype) for t in tensors]
         x, weight, bias, norm_weight, norm_bias, style_scale, style_shift = tensors
-        batch = self._batch_norm_args() if self.norm == "batch" else {}
+        batch = fusion.batch_norm_args(self) if self.norm == "batch" else {}
         return deconv_block(
             x, weight, bias, stride=self.stride, padding=self.padding,
             output_padding=self.output_padding, norm=self.norm, num_groups=self.num_groups,
