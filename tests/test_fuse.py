@@ -37,6 +37,14 @@ def forward_backward(model, x, grad_seed=0):
     return y, grads
 
 
+def assert_grads_close(got, want, names, rtol):
+    """Gradients to rtol of the largest of them: a bias ahead of a norm has an exact gradient
+    of 0, and what either model computes for it is rounding noise of that scale."""
+    atol = rtol * max(w.abs().max().item() for w in want)
+    for n, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
+
+
 def fused_count(model):
     return sum(len(m._fastvae_runs) for m in model.modules()
                if isinstance(m, fastvae.fusion.FusedSequential))
@@ -56,9 +64,7 @@ def test_float64_outputs_and_gradients_match(name, backend):
     y0, g0 = forward_backward(original, x)
     y1, g1 = forward_backward(fused, x)
     torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-12)
-    names = ["x"] + [n for n, _ in original.named_parameters()]
-    for n, a, b in zip(names, g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m, n=n: f"{n}: {m}")
+    assert_grads_close(g1, g0, ["x"] + [n for n, _ in original.named_parameters()], 1e-9)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -143,8 +149,7 @@ def test_compile_fullgraph(name):
     y, grads = forward_backward(compiled, x)
     y_eager, grads_eager = forward_backward(reference, x)
     torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)
-    for a, b in zip(grads, grads_eager):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_grads_close(grads, grads_eager, [f"grad {i}" for i in range(len(grads))], 1e-4)
 
 
 def test_frozen_conv_stays_frozen():
@@ -168,8 +173,7 @@ def test_parametrized_spectral_norm_is_honoured():
     y0, g0 = forward_backward(original, x)
     y1, g1 = forward_backward(fused, x)
     torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-12)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert_grads_close(g1, g0, [f"grad {i}" for i in range(len(g1))], 1e-9)
     assert list(fused.state_dict()) == list(original.state_dict())
 
 
