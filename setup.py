@@ -3,15 +3,33 @@
 CPU sources always; CUDA sources when FORCE_CUDA=1, or when a GPU and the toolkit are
 present. Architectures come from TORCH_CUDA_ARCH_LIST (default "8.0;9.0"). Install with
 `pip install --no-build-isolation -e .` so the build uses the installed torch.
+
+CPU instruction sets: csrc/cpu files that include "cpu/capability.h" hold the
+hand-vectorized kernels and are compiled once per capability (baseline x86-64, AVX2,
+AVX-512) into namespaces fastvae::cpu::{DEFAULT,AVX2,AVX512}; csrc/cpu/dispatch.cpp picks
+one at run time from cpuid (FASTVAE_CPU_CAPABILITY overrides). Everything else is built
+for baseline x86-64, so the package imports and runs on any x86-64 CPU.
 """
 import glob
 import os
+import platform
+import subprocess
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
 
 import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+# Flags per capability, as ATen's CPU_CAPABILITY builds (AVX-512: F, BW, VL, DQ).
+CAPABILITY_FLAGS = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+}
+if platform.machine().lower() not in ("x86_64", "amd64"):
+    CAPABILITY_FLAGS = {"DEFAULT": []}
 
 
 def build_cuda() -> bool:
@@ -23,14 +41,26 @@ def build_cuda() -> bool:
     return wanted
 
 
+def is_capability_source(path: str) -> bool:
+    with open(path) as f:
+        return '#include "cpu/capability.h"' in f.read()
+
+
+CPU_SOURCES = sorted(glob.glob("csrc/cpu/*.cpp"))
+CAPABILITY_SOURCES = [s for s in CPU_SOURCES if is_capability_source(s)]
+HEADERS = sorted(glob.glob("csrc/**/*.h", recursive=True))
+
+
 def extension():
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp"] + [s for s in CPU_SOURCES if s not in CAPABILITY_SOURCES]
     # -fno-trapping-math lets gcc if-convert float selects such as `a > 0 ? g : g * slope`
     # (it will not speculate a multiply that could raise an FP exception flag otherwise),
     # which the epilogue loops need to vectorize; results are bit-for-bit the same.
-    cxx = ["-O3", "-fopenmp", "-mavx2", "-mfma", "-mf16c", "-fno-trapping-math",
-           "-DCPU_CAPABILITY_AVX2"]
-    kwargs = {"include_dirs": [os.path.abspath("csrc")], "extra_link_args": ["-fopenmp"]}
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    if len(CAPABILITY_FLAGS) > 1:
+        cxx.append("-DFASTVAE_X86_CAPABILITIES")
+    kwargs = {"include_dirs": [os.path.abspath("csrc")], "extra_link_args": ["-fopenmp"],
+              "depends": CAPABILITY_SOURCES + HEADERS}
     if build_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -38,6 +68,48 @@ def extension():
         return CUDAExtension("fastvae._C", sources, extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
                              **kwargs)
     return CppExtension("fastvae._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+
+
+class BuildWithCapabilities(BuildExtension):
+    """BuildExtension, plus each capability source compiled once per CPU_CAPABILITY.
+
+    The objects are linked after the baseline ones, lowest capability first: an inline
+    function from a header that several of them instantiate (ATen's, libstdc++'s) keeps the
+    first copy the linker meets, so no baseline caller can land in AVX2 or AVX-512 code.
+    """
+
+    def build_extension(self, ext):
+        cxx_args = ext.extra_compile_args
+        cxx_args = cxx_args.get("cxx", []) if isinstance(cxx_args, dict) else cxx_args
+        base = [os.environ.get("CXX", "c++")] + self.compiler.compiler_so[1:]
+        base += [f"-I{d}" for d in ext.include_dirs] + cxx_args
+        if not any(a.startswith("-std=") for a in base):
+            base.append("-std=c++20")  # what BuildExtension adds to its own compiles
+        jobs = []
+        for cap, flags in CAPABILITY_FLAGS.items():
+            for src in CAPABILITY_SOURCES:
+                obj = os.path.join(self.build_temp, "capability", cap,
+                                   os.path.basename(src)[:-4] + ".o")
+                cmd = base + [f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}"] + flags
+                jobs.append((cmd + ["-c", src, "-o", obj], src, obj))
+        ext.extra_objects = [obj for _, _, obj in jobs]
+        stale = [(cmd, obj) for cmd, src, obj in jobs if self.force or self._stale(src, obj)]
+        for _, obj in stale:
+            os.makedirs(os.path.dirname(obj), exist_ok=True)
+        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+            for cmd, _ in stale:
+                print(" ".join(cmd))
+            for proc in pool.map(lambda job: subprocess.run(job[0]), stale):
+                if proc.returncode != 0:
+                    raise RuntimeError(f"compiling {' '.join(proc.args)} failed")
+        super().build_extension(ext)
+
+    @staticmethod
+    def _stale(src: str, obj: str) -> bool:
+        if not os.path.exists(obj):
+            return True
+        built = os.path.getmtime(obj)
+        return any(os.path.getmtime(p) > built for p in [src, __file__] + HEADERS)
 
 
 setup(
@@ -55,6 +127,6 @@ setup(
         "demo": ["scikit-image"],
     },
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildWithCapabilities},
     entry_points={"console_scripts": ["fastvae = fastvae.cli:main"]},
 )

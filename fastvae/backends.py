@@ -8,6 +8,7 @@ import importlib.util
 import os
 import platform
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -118,13 +119,28 @@ def backends() -> list:
 
 VECTOR_FLAGS = ("sse4_2", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
                 "avx512_fp16", "amx_bf16")
-NATIVE_CPU_ISA = "AVX2 + FMA + F16C"  # what setup.py compiles the CPU kernels for
+CPU_CAPABILITIES = ("default", "avx2", "avx512")  # the native CPU kernel builds, lowest first
+
+
+def cpu_capability(supported: bool = False) -> Optional[str]:
+    """The native CPU kernels' capability the next call runs (FASTVAE_CPU_CAPABILITY or the
+    best this CPU runs), or with supported=True the best this CPU runs; None without the
+    extension."""
+    if _unavailable_reason("native", "deconv_block", "cpu") is not None:
+        return None
+    return torch.ops.fastvae._cpu_capability(supported)
+
+
+def supported_cpu_capabilities() -> list:
+    """Every native CPU kernel build this CPU runs, lowest first (the tests run each)."""
+    best = cpu_capability(supported=True)
+    return [] if best is None else list(CPU_CAPABILITIES[:CPU_CAPABILITIES.index(best) + 1])
 
 
 def cpu_description() -> str:
-    """The CPU model, the vector instruction sets it has (from /proc/cpuinfo) and the ones
-    the native CPU kernels were compiled for: the line benchmarks and `fastvae info` print,
-    as a ratio measured on one instruction set can flip on another."""
+    """The CPU model, the vector instruction sets it has (from /proc/cpuinfo) and the native
+    CPU kernels' capability in use: the line benchmarks and `fastvae info` print, as a ratio
+    measured on one instruction set can flip on another."""
     model, flags = platform.processor() or "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -138,5 +154,9 @@ def cpu_description() -> str:
     except OSError:
         pass
     has = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no SSE4.2"
-    return (f"{model}, {os.cpu_count()} CPUs, {has}; native CPU kernels built for "
-            f"{NATIVE_CPU_ISA}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    try:
+        capability = cpu_capability()
+    except RuntimeError as e:  # a FASTVAE_CPU_CAPABILITY this CPU cannot run
+        capability = f"invalid ({e})"
+    return (f"{model}, {os.cpu_count()} CPUs, {has}; native CPU kernels: {capability or 'not built'}; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")

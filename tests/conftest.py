@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import fastvae  # noqa: E402
-from fastvae.backends import _unavailable_reason  # noqa: E402
+from fastvae.backends import _unavailable_reason, cpu_capability, supported_cpu_capabilities  # noqa: E402
 
 # Float32 and float64 compare straight against the reference; float16/bfloat16 by the
 # flash-attention rule (see assert_close_to_reference).
@@ -74,3 +74,13 @@ def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output"):
     bound = 2 * base + LOW_PRECISION_FLOOR[dtype] * scale
     assert err <= bound, f"{name}: {dtype} error {err:.3g} > bound {bound:.3g} (torch's own {base:.3g})"
     assert torch.isfinite(out).all() == torch.isfinite(ref_high).all(), f"{name}: non-finite mismatch"
+
+
+@pytest.fixture(params=supported_cpu_capabilities() or ["default"])
+def every_cpu_capability(request, monkeypatch):
+    """Runs a test once per native CPU kernel build this CPU supports (csrc/cpu/capability.h),
+    chosen through FASTVAE_CPU_CAPABILITY: `pytestmark = pytest.mark.usefixtures(...)`."""
+    monkeypatch.setenv("FASTVAE_CPU_CAPABILITY", request.param)
+    if cpu_capability() is not None:
+        assert cpu_capability() == request.param
+    return request.param

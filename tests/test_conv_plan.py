@@ -9,7 +9,8 @@ import fastvae
 from conftest import backend_params
 from fastvae.reference import K4S2P1
 
-pytestmark = [p.marks[0] for p in backend_params("deconv_block") if p.id == "native"]
+pytestmark = [*(p.marks[0] for p in backend_params("deconv_block") if p.id == "native"),
+              pytest.mark.usefixtures("every_cpu_capability")]  # each native CPU build
 
 PATHS = ("nchw", "channels_last", "winograd")
 LAYOUTS = ("contiguous", "channels_last", "strided")

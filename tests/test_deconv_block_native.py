@@ -18,7 +18,8 @@ from fastvae.reference import K4S2P1
 from conftest import assert_close_to_reference, backend_params
 from test_deconv_block import make_args, run, tensors_of
 
-pytestmark = [p.marks[0] for p in backend_params("deconv_block") if p.id == "native"]
+pytestmark = [*(p.marks[0] for p in backend_params("deconv_block") if p.id == "native"),
+              pytest.mark.usefixtures("every_cpu_capability")]  # each native CPU build
 
 NORMS = ("group", "instance", "batch", "none")
 AFFINES = ("none", "channel", "style", "spatial")

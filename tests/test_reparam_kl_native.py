@@ -20,9 +20,9 @@ from fastvae.backends import _unavailable_reason
 from conftest import TOLERANCES, assert_close_to_reference, noncontiguous, poison
 
 DEVICE = os.environ.get("FASTVAE_TEST_DEVICE", "cpu")
-pytestmark = pytest.mark.skipif(
-    _unavailable_reason("native", "reparam_kl", DEVICE) is not None,
-    reason=str(_unavailable_reason("native", "reparam_kl", DEVICE)))
+pytestmark = [pytest.mark.skipif(_unavailable_reason("native", "reparam_kl", DEVICE) is not None,
+                                 reason=str(_unavailable_reason("native", "reparam_kl", DEVICE))),
+              pytest.mark.usefixtures("every_cpu_capability")]  # each native CPU build
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16] + ([torch.float64] if DEVICE == "cpu" else [])
 # Odd sizes: tails inside a 32-lane block, rows longer than one 8192-element KL chunk,

@@ -18,6 +18,8 @@
 // cache between the transforms and the GEMMs. Tiles cover the output from row -1 in steps
 // of 4, so a row of tiles is H / 2 + 1 long; the products past the edges are wasted (6% of
 // the work at H = W = 64, 27% at 16).
+// Built once per CPU capability (cpu/capability.h).
+#include "cpu/capability.h"
 #include "cpu/conv_transpose_nhwc.h"
 
 #include <ATen/ATen.h>
@@ -38,8 +40,7 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
 }
 
-namespace fastvae {
-namespace cpu {
+namespace fastvae::cpu::CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kPoints = 9;        // transform points per tile (3 x 3)
@@ -353,5 +354,4 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   return {grad_x, grad_weight};
 }
 
-}  // namespace cpu
-}  // namespace fastvae
+}  // namespace fastvae::cpu::CPU_CAPABILITY

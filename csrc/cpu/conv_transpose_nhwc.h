@@ -13,8 +13,7 @@
 
 #include <tuple>
 
-namespace fastvae {
-namespace cpu {
+namespace fastvae::cpu::CPU_CAPABILITY {  // cpu/capability.h
 
 // Whether the GEMM path takes these operands: x and weight float32 or float64, x dense
 // channels_last, and a BLAS with sgemm_/dgemm_ linked into torch.
@@ -26,5 +25,4 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
                                                                 const at::Tensor& x,
                                                                 const at::Tensor& weight);
 
-}  // namespace cpu
-}  // namespace fastvae
+}  // namespace fastvae::cpu::CPU_CAPABILITY

@@ -15,17 +15,14 @@
 // Layouts: pre_norm, in x's layout, is dense NCHW (a (sample, channel) plane is a
 // contiguous run of H*W) or dense NHWC (a (sample, pixel) row is a contiguous run of C);
 // loops are written once per layout with compile-time strides so the inner loops vectorize.
-// setup.py defines CPU_CAPABILITY_AVX2, which makes c10's Half conversions use F16C
-// intrinsics, but passes no -mf16c; every AVX2 CPU has F16C.
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__F16C__)
-#pragma GCC target("f16c")
-#endif
+// Built once per CPU capability (cpu/capability.h).
+#include "cpu/capability.h"
+
 #include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
@@ -35,7 +32,7 @@
 #include "cpu/conv_transpose_nhwc.h"
 #include "cpu/layout.h"
 
-namespace fastvae {
+namespace fastvae::cpu::CPU_CAPABILITY {
 namespace {
 
 using deconv::Activation;
@@ -97,7 +94,7 @@ at::Tensor conv_operand(const at::Tensor& t, bool upcast) {
 // x or grad_pre_norm as the convolutions take them: in the plan's layout (cpu/conv_plan.h),
 // in float32 when `upcast`.
 at::Tensor conv_activation(const at::Tensor& t, bool upcast, const cpu::ConvPlan& plan) {
-  return cpu::to_layout(t, upcast ? at::kFloat : t.scalar_type(),
+  return to_layout(t, upcast ? at::kFloat : t.scalar_type(),
                         plan.channels_last ? at::MemoryFormat::ChannelsLast
                                            : at::MemoryFormat::Contiguous);
 }
@@ -338,6 +335,8 @@ void normalize_activate(const at::Tensor& pre, at::Tensor& y, bool nhwc, const a
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
     const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
@@ -351,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, upcast);
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
-  const at::Tensor pre = cpu::to_layout(
+  const at::Tensor pre = to_layout(
       at::conv_transpose2d(conv_activation(x, upcast, plan),
                            conv_operand(weight, upcast), b, geo.stride(), geo.padding(),
                            geo.output_padding()),
@@ -379,6 +378,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   });
   return {y, pre, mean, rstd};
 }
+
+namespace {
 
 // --------------------------------------------------------------------------- backward
 
@@ -600,6 +601,8 @@ at::Tensor affine_grad(const c10::optional<at::Tensor>& t, const std::vector<Sum
   return at::sum_to(g, t->sizes()).to(t->scalar_type()).contiguous();
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_bwd(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& pre_norm, const at::Tensor& mean, const at::Tensor& rstd,
@@ -646,14 +649,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   const at::Tensor wc = conv_operand(weight, upcast);
   const at::Tensor ghc = conv_activation(gh, upcast, plan);
   at::Tensor grad_x, grad_weight;
-  if (plan.winograd && cpu::conv_transpose_nhwc_supported(xc, wc)) {
-    std::tie(grad_x, grad_weight) = cpu::conv_transpose_nhwc_backward(ghc, xc, wc);
+  if (plan.winograd && conv_transpose_nhwc_supported(xc, wc)) {
+    std::tie(grad_x, grad_weight) = conv_transpose_nhwc_backward(ghc, xc, wc);
   } else {
     std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
         ghc, xc, wc, at::OptionalIntArrayRef(), geo.stride(), geo.padding(), {1, 1}, true,
         geo.output_padding(), 1, {true, true, false});
   }
-  grad_x = cpu::to_layout(grad_x, x.scalar_type(), fmt);
+  grad_x = to_layout(grad_x, x.scalar_type(), fmt);
   if (upcast) grad_weight = grad_weight.to(weight.scalar_type());
   return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
 }
@@ -664,12 +667,4 @@ std::string deconv_block_conv_plan(const at::Tensor& x, const at::Tensor& weight
   return conv_plan_of(x, weight, parse_geometry(geometry), conv_in_float(x.scalar_type())).name();
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
-  m.impl("_deconv_block_fwd", &deconv_block_fwd);
-  m.impl("_deconv_block_bwd", &deconv_block_bwd);
-  m.impl("_deconv_block_conv_plan", &deconv_block_conv_plan);
-}
-
-}  // namespace fastvae
+}  // namespace fastvae::cpu::CPU_CAPABILITY

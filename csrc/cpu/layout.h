@@ -2,8 +2,8 @@
 //
 // ATen's copy between the two layouts ran at 4-6 GB/s here (6 ms for a 16.8 MB
 // NCHW -> channels_last copy against 1 ms for a plain one). These transpose one block of
-// pixels of one sample at a time (all channels: the block stays in L1), float32 in 8 x 8
-// register tiles.
+// pixels of one sample at a time (all channels: the block stays in L1), float32 in register
+// tiles (8 x 8 on AVX2, 16 x 16 on AVX-512). Built per CPU capability (cpu/capability.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,21 +15,27 @@
 #include <type_traits>
 #include <vector>
 
-namespace fastvae {
-namespace cpu {
+namespace fastvae::cpu::CPU_CAPABILITY {  // cpu/capability.h
 
 namespace layout_detail {
 
 constexpr int64_t kPixels = 64;  // pixels per block: kPixels x C values stay in L1
 
 // One block: rows x cols of src (row stride ld_src) into dst transposed (row stride ld_dst).
-// float to float in 8 x 8 register transposes (at::vec, AVX2), the edges and other types
-// one element at a time.
+// float to float in register transposes (at::vec: 8 x 8 on AVX2, 16 x 16 on AVX-512), the
+// edges (AVX2) and other types one element at a time.
 template <typename in_t, typename out_t>
 void transpose_block(const in_t* src, int64_t ld_src, out_t* dst, int64_t ld_dst, int64_t rows,
                      int64_t cols) {
   int64_t r8 = 0, c8 = 0;
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<in_t, float> && std::is_same_v<out_t, float>) {
+    // 16 x 16 register transposes, the edges by masked loads and stores
+    at::vec::transpose_mxn<float>(src, ld_src, dst, ld_dst, static_cast<int>(rows),
+                                  static_cast<int>(cols));
+    return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<in_t, float> && std::is_same_v<out_t, float>) {
     r8 = rows / 8 * 8;
     c8 = cols / 8 * 8;
@@ -85,5 +91,4 @@ inline at::Tensor to_layout(const at::Tensor& t, at::ScalarType type, at::Memory
   return out;
 }
 
-}  // namespace cpu
-}  // namespace fastvae
+}  // namespace fastvae::cpu::CPU_CAPABILITY

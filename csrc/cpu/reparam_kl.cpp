@@ -8,11 +8,10 @@
 // of the (B, D) view; each chunk's KL partial sum has a fixed order, and a row's partials
 // are added in chunk order, so kl does not depend on the thread count or the schedule.
 // Inside a chunk, blocks of kLanes elements are staged through small arrays: integer
-// Philox on the 64-bit slots of AVX2 registers, Box-Muller in a loop gcc vectorizes, the
-// rest in Vectorized.
-// setup.py passes -mavx2 -mfma -DCPU_CAPABILITY_AVX2 but not -mf16c, which ATen's AVX2
-// Vectorized<Half> needs (torch's own AVX2 build has it; every AVX2 CPU has F16C).
-#pragma GCC target("f16c")
+// Philox on the 64-bit slots of SSE2/AVX2/AVX-512 registers (cpu/philox_lanes.h),
+// Box-Muller in a loop gcc vectorizes, the rest in Vectorized. Built once per CPU
+// capability (cpu/capability.h).
+#include "cpu/capability.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -20,9 +19,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
-
-#include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
@@ -36,98 +32,22 @@
 #include "common/philox.h"
 #include "common/reparam_kl.h"
 #include "cpu/huge_page_empty.h"
+#include "cpu/philox_lanes.h"
 
-namespace fastvae {
-namespace cpu {
+namespace fastvae::cpu::CPU_CAPABILITY {
 namespace {
 
 using at::vec::Vectorized;
-static_assert(Vectorized<float>::size() == 8, "expected ATen's AVX2 Vectorized<float>");
 
-constexpr int kRegs = 8;                // AVX2 registers per Philox word (4 elements each)
-constexpr int64_t kLanes = 4 * kRegs;   // elements per block
+using philox_lanes::kLanes;             // elements per block
 constexpr int64_t kChunk = 8192;        // elements per KL partial sum (and per task at most)
 constexpr int64_t kGrainElems = 16384;  // below this many elements, one thread
 
-// kLanes Philox counter words, one element in the low half of each 64-bit slot: register
-// 2m holds elements 8m + {0, 2, 4, 6}, register 2m + 1 elements 8m + {1, 3, 5, 7}. Then a
-// round's 32 x 32 -> 64-bit products are one _mm256_mul_epu32 per 4 elements, with the
-// high word a shift and the low word the product itself: _mm256_mul_epu32 reads only the
-// low half of a slot and xor keeps halves apart, so the high halves may hold anything.
-// (Packed 8 to a register, each product also needs a second multiply for the odd lanes, a
-// blend and a _mm256_mullo_epi32: half again as many multiplies.)
-struct Word {
-  __m256i v[kRegs];
-};
-
-inline Word operator^(const Word& a, const Word& b) {
-  Word r;
-  for (int g = 0; g < kRegs; ++g) r.v[g] = _mm256_xor_si256(a.v[g], b.v[g]);
-  return r;
-}
-
-inline Word operator^(const Word& a, uint32_t k) {
-  const __m256i kv = _mm256_set1_epi32(static_cast<int>(k));
-  Word r;
-  for (int g = 0; g < kRegs; ++g) r.v[g] = _mm256_xor_si256(a.v[g], kv);
-  return r;
-}
-
-inline void mul_hilo(uint32_t a, const Word& b, Word& hi, Word& lo) {
-  const __m256i av = _mm256_set1_epi32(static_cast<int>(a));
-  for (int g = 0; g < kRegs; ++g) {
-    const __m256i p = _mm256_mul_epu32(av, b.v[g]);
-    hi.v[g] = _mm256_srli_epi64(p, 32);
-    lo.v[g] = p;
-  }
-}
-
-// 8 packed uint32 elements -> the register pair of Word's layout, and back.
-inline void unpack(__m256i packed, __m256i& even, __m256i& odd) {
-  even = packed;
-  odd = _mm256_srli_epi64(packed, 32);
-}
-
-inline __m256i pack(__m256i even, __m256i odd) {
-  return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
-
-// The counter words (offset + l) for lanes l < kLanes: low and high halves.
-inline void counters(uint64_t offset, Word& lo, Word& hi) {
-  const uint32_t lo0 = static_cast<uint32_t>(offset);
-  if (lo0 <= UINT32_MAX - kLanes) {  // no carry into the high word inside the block
-    const __m256i base = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(lo0)),
-                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int m = 0; m < kRegs / 2; ++m) {
-      unpack(_mm256_add_epi32(base, _mm256_set1_epi32(8 * m)), lo.v[2 * m], lo.v[2 * m + 1]);
-      hi.v[2 * m] = hi.v[2 * m + 1] = _mm256_set1_epi32(static_cast<int>(offset >> 32));
-    }
-    return;
-  }
-  alignas(32) uint32_t l32[kLanes], h32[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    l32[l] = static_cast<uint32_t>(offset + l);
-    h32[l] = static_cast<uint32_t>((offset + l) >> 32);
-  }
-  for (int m = 0; m < kRegs / 2; ++m) {
-    const __m256i* l = reinterpret_cast<const __m256i*>(l32) + m;
-    const __m256i* h = reinterpret_cast<const __m256i*>(h32) + m;
-    unpack(_mm256_load_si256(l), lo.v[2 * m], lo.v[2 * m + 1]);
-    unpack(_mm256_load_si256(h), hi.v[2 * m], hi.v[2 * m + 1]);
-  }
-}
-
 // out[l] = tl.randn(seed, offset + l) for l < kLanes.
 inline void randn_block(uint64_t seed, uint64_t offset, float* out) {
-  Word c0, c1;
-  counters(offset, c0, c1);
-  philox_first_two(c0, c1, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  alignas(32) uint32_t i1[kLanes], i2[kLanes];
-  for (int m = 0; m < kRegs / 2; ++m) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(i1) + m, pack(c0.v[2 * m], c0.v[2 * m + 1]));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(i2) + m, pack(c1.v[2 * m], c1.v[2 * m + 1]));
-  }
-  alignas(32) float r2[kLanes], c[kLanes];
+  alignas(64) uint32_t i1[kLanes], i2[kLanes];
+  philox_lanes::philox_block(seed, offset, i1, i2);
+  alignas(64) float r2[kLanes], c[kLanes];
   for (int l = 0; l < kLanes; ++l) {  // auto-vectorized: the header math is branch-free
     r2[l] = box_muller_radius_sq(i1[l]);
     c[l] = box_muller_cos(i2[l]);
@@ -180,7 +100,7 @@ inline const acc_t* noise_lanes(const scalar_t* eps, uint64_t seed, int64_t i, i
   if constexpr (std::is_same_v<acc_t, float>) {
     randn_block(seed, static_cast<uint64_t>(i), buf);
   } else {
-    alignas(32) float drawn[kLanes];
+    alignas(64) float drawn[kLanes];
     randn_block(seed, static_cast<uint64_t>(i), drawn);
     for (int l = 0; l < kLanes; ++l) buf[l] = static_cast<acc_t>(drawn[l]);
   }
@@ -192,7 +112,7 @@ template <int kParts, typename acc_t>
 inline acc_t sum_lanes(const Vectorized<acc_t> (&parts)[kParts]) {
   acc_t s = 0;
   for (int p = 0; p < kParts; ++p) {
-    alignas(32) acc_t lanes[Vectorized<acc_t>::size()];
+    alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
     parts[p].store(lanes);
     for (int l = 0; l < Vectorized<acc_t>::size(); ++l) s += lanes[l];
   }
@@ -212,7 +132,7 @@ at::opmath_type<scalar_t> fwd_chunk(const scalar_t* mu, const scalar_t* logvar,
   for (Vec& part : kl) part = Vec(acc_t(0));
   for (int64_t i = begin; i < end; i += kLanes) {
     const int64_t n = std::min(kLanes, end - i);
-    alignas(32) acc_t m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes], z_buf[kLanes];
+    alignas(64) acc_t m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes], z_buf[kLanes];
     const acc_t* m = load_lanes(mu + i, n, m_buf);
     const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
     const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
@@ -238,8 +158,8 @@ void bwd_chunk(const scalar_t* grad_z, at::opmath_type<scalar_t> grad_kl, const 
   const Vec gkl(grad_kl);
   for (int64_t i = begin; i < end; i += kLanes) {
     const int64_t n = std::min(kLanes, end - i);
-    alignas(32) acc_t gz_buf[kLanes], m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes];
-    alignas(32) acc_t gm_buf[kLanes], glv_buf[kLanes];
+    alignas(64) acc_t gz_buf[kLanes], m_buf[kLanes], lv_buf[kLanes], e_buf[kLanes];
+    alignas(64) acc_t gm_buf[kLanes], glv_buf[kLanes];
     const acc_t* gz = load_lanes(grad_z + i, n, gz_buf);
     const acc_t* m = load_lanes(mu + i, n, m_buf);
     const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
@@ -295,6 +215,8 @@ void for_each_task(const Chunks& chunks, const Body& body) {
 uint64_t seed_value(const at::Tensor& seed) {
   return static_cast<uint64_t>(seed.item<int64_t>());  // Triton reads the seed as uint64
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> reparam_kl_fwd(const at::Tensor& mu, const at::Tensor& logvar,
                                                   const c10::optional<at::Tensor>& eps,
@@ -363,11 +285,4 @@ std::tuple<at::Tensor, at::Tensor> reparam_kl_bwd(const at::Tensor& grad_z, cons
   return {grad_mu, grad_logvar};
 }
 
-}  // namespace
-}  // namespace cpu
-}  // namespace fastvae
-
-TORCH_LIBRARY_IMPL(fastvae, CPU, m) {
-  m.impl("_reparam_kl_fwd", &fastvae::cpu::reparam_kl_fwd);
-  m.impl("_reparam_kl_bwd", &fastvae::cpu::reparam_kl_bwd);
-}
+}  // namespace fastvae::cpu::CPU_CAPABILITY
