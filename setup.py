@@ -93,7 +93,9 @@ class BuildWithCapabilities(BuildExtension):
                 cmd = base + [f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}"] + flags
                 jobs.append((cmd + ["-c", src, "-o", obj], src, obj))
         ext.extra_objects = [obj for _, _, obj in jobs]
-        stale = [(cmd, obj) for cmd, src, obj in jobs if self.force or self._stale(src, obj)]
+        # (BuildExtension sets self.force whenever it uses ninja, which tracks its own
+        # sources: these are rebuilt when their source, a header or the command changed)
+        stale = [(cmd, obj) for cmd, src, obj in jobs if self._stale(cmd, src, obj)]
         for _, obj in stale:
             os.makedirs(os.path.dirname(obj), exist_ok=True)
         with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
@@ -102,14 +104,20 @@ class BuildWithCapabilities(BuildExtension):
             for proc in pool.map(lambda job: subprocess.run(job[0]), stale):
                 if proc.returncode != 0:
                     raise RuntimeError(f"compiling {' '.join(proc.args)} failed")
+        for cmd, obj in stale:
+            with open(obj + ".cmd", "w") as f:
+                f.write(" ".join(cmd))
         super().build_extension(ext)
 
     @staticmethod
-    def _stale(src: str, obj: str) -> bool:
-        if not os.path.exists(obj):
+    def _stale(cmd: list, src: str, obj: str) -> bool:
+        if not os.path.exists(obj) or not os.path.exists(obj + ".cmd"):
             return True
+        with open(obj + ".cmd") as f:
+            if f.read() != " ".join(cmd):
+                return True
         built = os.path.getmtime(obj)
-        return any(os.path.getmtime(p) > built for p in [src, __file__] + HEADERS)
+        return any(os.path.getmtime(p) > built for p in [src] + HEADERS)
 
 
 setup(

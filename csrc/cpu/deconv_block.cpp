@@ -40,6 +40,24 @@ using deconv::Moments;
 
 constexpr int64_t kChunk = 2048;      // NCHW: elements per two-pass chunk (stays in L1)
 constexpr int64_t kPixelBlock = 64;   // NHWC: pixels per task
+constexpr int64_t kMinRun = 64;       // NHWC: elements per epilogue run at least
+
+// NHWC: pixels per epilogue run. A run of one pixel is C values; with few channels (an RGB
+// output layer: 3) a loop that short does not vectorize, so a run spans several pixels and
+// reads per-channel operands from tables repeated that many times (repeat_pixels).
+int64_t run_pixels(int64_t c) {
+  return std::min(kPixelBlock, std::max<int64_t>(1, (kMinRun + c - 1) / c));
+}
+
+// A (N, C) table as (N, P * C): each row repeated for P consecutive pixels.
+template <typename acc_t>
+std::vector<acc_t> repeat_pixels(const acc_t* table, int64_t n, int64_t c, int64_t pixels) {
+  std::vector<acc_t> out(n * pixels * c);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t q = 0; q < pixels; ++q)
+      std::copy(table + i * c, table + (i + 1) * c, out.data() + (i * pixels + q) * c);
+  return out;
+}
 
 Activation parse_activation(c10::string_view name) {
   if (name == "leaky_relu") return Activation::kLeakyRelu;
@@ -305,13 +323,18 @@ void normalize_activate(const at::Tensor& pre, at::Tensor& y, bool nhwc, const a
   const acc_t* t = shift.data();
   dispatch_activation(act, [&](auto a) {
     constexpr Activation A = decltype(a)::value;
-    if (nhwc) {  // per-pixel run over channels: everything varies along the run
-      at::parallel_for(0, n * hw, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t i = r / hw, off = r * c;
-          forward_run<A, 1, 1, 1>(h + off, out + off, c, mean + i * c, rstd + i * c,
-                                  scale.spatial() ? s + off : s + i * c,
-                                  shift.spatial() ? t + off : t + i * c, slope);
+    if (nhwc) {  // runs of P pixels x C channels: everything varies along the run
+      const int64_t P = run_pixels(c), len = P * c, runs = (hw + P - 1) / P;
+      const auto m = repeat_pixels(mean, n, c, P), r = repeat_pixels(rstd, n, c, P);
+      const auto sp = repeat_pixels(scale.spatial() ? mean : s, n, c, P);
+      const auto tp = repeat_pixels(shift.spatial() ? mean : t, n, c, P);
+      at::parallel_for(0, n * runs, std::max<int64_t>(1, 256 / P), [&](int64_t begin, int64_t end) {
+        for (int64_t run = begin; run < end; ++run) {
+          const int64_t i = run / runs, q = run % runs * P;
+          const int64_t off = (i * hw + q) * c, l = std::min(P, hw - q) * c;
+          forward_run<A, 1, 1, 1>(h + off, out + off, l, m.data() + i * len, r.data() + i * len,
+                                  scale.spatial() ? s + off : sp.data() + i * len,
+                                  shift.spatial() ? t + off : tp.data() + i * len, slope);
         }
       });
       return;
@@ -395,13 +418,14 @@ struct Sums {
 };
 
 // Pass 1 over one run: accumulates the sums (kVec: per element of the run, in `acc` laid
-// out [5][len]; else one each); writes the spatial grad_scale/grad_shift terms (kGS, kGT)
+// out [5][stride]; else one each); writes the spatial grad_scale/grad_shift terms (kGS, kGT)
 // and grad_h directly when there is no norm (kWriteGh).
 template <Activation A, int kStat, int kScale, int kShift, bool kGS, bool kGT, bool kWriteGh,
           typename scalar_t, typename acc_t>
 inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, const acc_t* mean,
                          const acc_t* rstd, const acc_t* scale, const acc_t* shift, acc_t slope,
-                         acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, acc_t* acc) {
+                         acc_t* gscale_full, acc_t* gshift_full, scalar_t* gh, acc_t* acc,
+                         int64_t stride = 0) {
   constexpr bool kVec = kStat == 1;  // NHWC: one set of sums per channel
   acc_t s_ga = 0, s_gan = 0, s_gn = 0, s_gnn = 0, s_n = 0;
 #pragma omp simd reduction(+ : s_ga, s_gan, s_gn, s_gnn, s_n)
@@ -416,10 +440,10 @@ inline void backward_run(const scalar_t* gy, const scalar_t* h, int64_t len, con
     if constexpr (kWriteGh) gh[i] = static_cast<scalar_t>(g_n);
     if constexpr (kVec) {
       acc[i] += t.g_a;
-      acc[len + i] += t.g_a * t.n;
-      acc[2 * len + i] += g_n;
-      acc[3 * len + i] += g_n * t.n;
-      acc[4 * len + i] += t.n;
+      acc[stride + i] += t.g_a * t.n;
+      acc[2 * stride + i] += g_n;
+      acc[3 * stride + i] += g_n * t.n;
+      acc[4 * stride + i] += t.n;
     } else {
       s_ga += t.g_a;
       s_gan += t.g_a * t.n;
@@ -481,8 +505,17 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
   acc_t* gtf = gshift_full.defined() ? gshift_full.data_ptr<acc_t>() : nullptr;
   const bool ss = scale.spatial(), ts = shift.spatial();
   const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
-  // NHWC: one Sums vector of length c per (n, pixel block), reduced below
+  // NHWC: runs of P pixels (run_pixels), per-channel operands repeated P times, sums per
+  // element of a run folded to one Sums vector of length c per (n, pixel block), reduced below
+  const int64_t P = nhwc ? run_pixels(c) : 1, len = P * c;
   std::vector<acc_t> part(nhwc ? n * blocks * kSums * c : 0);  // [task][kSums][c]
+  std::vector<acc_t> mp, rp, sp, tp;
+  if (nhwc) {
+    mp = repeat_pixels(mean, n, c, P);
+    rp = repeat_pixels(rstd, n, c, P);
+    sp = repeat_pixels(scale.spatial() ? mean : s, n, c, P);
+    tp = repeat_pixels(shift.spatial() ? mean : t, n, c, P);
+  }
   sums.assign(n * c, Sums<acc_t>{});
   dispatch_activation(act, [&](auto a) {
     constexpr Activation A = decltype(a)::value;
@@ -492,16 +525,23 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
         dispatch_strides(ss, ts, [&](auto ks, auto kt) {
           constexpr bool GS = decltype(ks)::value, GT = decltype(kt)::value;
           at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+            std::vector<acc_t> acc(kSums * len);  // [kSums][P][c]
             for (int64_t task = begin; task < end; ++task) {
               const int64_t i = task / blocks, p0 = (task % blocks) * kPixelBlock;
               const int64_t p1 = std::min(p0 + kPixelBlock, hw);
-              for (int64_t q = p0; q < p1; ++q) {
-                const int64_t off = (i * hw + q) * c;
+              std::fill(acc.begin(), acc.end(), acc_t(0));
+              for (int64_t q = p0; q < p1; q += P) {
+                const int64_t off = (i * hw + q) * c, l = std::min(P, p1 - q) * c;
                 backward_run<A, 1, 1, 1, GS, GT, W>(
-                    gy + off, h + off, c, mean + i * c, rstd + i * c, GS ? s + off : s + i * c,
-                    GT ? t + off : t + i * c, slope, gsf + (GS ? off : 0),
-                    gtf + (GT ? off : 0), gh + off, part.data() + task * kSums * c);
+                    gy + off, h + off, l, mp.data() + i * len, rp.data() + i * len,
+                    GS ? s + off : sp.data() + i * len, GT ? t + off : tp.data() + i * len,
+                    slope, gsf + (GS ? off : 0), gtf + (GT ? off : 0), gh + off, acc.data(),
+                    len);
               }
+              acc_t* folded = part.data() + task * kSums * c;
+              for (int64_t k = 0; k < kSums; ++k)
+                for (int64_t q = 0; q < P; ++q)
+                  for (int64_t j = 0; j < c; ++j) folded[k * c + j] += acc[(k * P + q) * c + j];
             }
           });
         });
@@ -559,12 +599,16 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
         grad_bias[j] += rstd[k] * (sums[k].g_n - hw * cm[k] - cn[k] * sums[k].n);
       }
     if (nhwc) {
-      at::parallel_for(0, n * hw, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t i = r / hw, off = r * c;
-          grad_h_run<A, 1, 1, 1>(gy + off, h + off, c, mean + i * c, rstd + i * c,
-                                 ss ? s + off : s + i * c, ts ? t + off : t + i * c, slope,
-                                 cm.data() + i * c, cn.data() + i * c, gh + off);
+      const int64_t runs = (hw + P - 1) / P;
+      const auto cmp = repeat_pixels(cm.data(), n, c, P), cnp = repeat_pixels(cn.data(), n, c, P);
+      at::parallel_for(0, n * runs, std::max<int64_t>(1, 256 / P), [&](int64_t begin, int64_t end) {
+        for (int64_t run = begin; run < end; ++run) {
+          const int64_t i = run / runs, q = run % runs * P;
+          const int64_t off = (i * hw + q) * c, l = std::min(P, hw - q) * c;
+          grad_h_run<A, 1, 1, 1>(gy + off, h + off, l, mp.data() + i * len, rp.data() + i * len,
+                                 ss ? s + off : sp.data() + i * len,
+                                 ts ? t + off : tp.data() + i * len, slope, cmp.data() + i * len,
+                                 cnp.data() + i * len, gh + off);
         }
       });
       return;
