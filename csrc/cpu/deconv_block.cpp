@@ -39,7 +39,7 @@ using deconv::Activation;
 using deconv::Moments;
 
 constexpr int64_t kChunk = 2048;      // NCHW: elements per two-pass chunk (stays in L1)
-constexpr int64_t kPixelBlock = 64;   // NHWC: pixels per task
+constexpr int64_t kPixelBlock = 64;   // NHWC: pixels per statistics task, runs per backward task
 constexpr int64_t kMinRun = 64;       // NHWC: elements per epilogue run at least
 
 // NHWC: pixels per epilogue run. A run of one pixel is C values; with few channels (an RGB
@@ -504,10 +504,12 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
   acc_t* gsf = gscale_full.defined() ? gscale_full.data_ptr<acc_t>() : nullptr;
   acc_t* gtf = gshift_full.defined() ? gshift_full.data_ptr<acc_t>() : nullptr;
   const bool ss = scale.spatial(), ts = shift.spatial();
-  const int64_t blocks = nhwc ? (hw + kPixelBlock - 1) / kPixelBlock : 1;
-  // NHWC: runs of P pixels (run_pixels), per-channel operands repeated P times, sums per
-  // element of a run folded to one Sums vector of length c per (n, pixel block), reduced below
-  const int64_t P = nhwc ? run_pixels(c) : 1, len = P * c;
+  // NHWC: runs of P pixels (run_pixels), per-channel operands repeated P times; a task is
+  // kPixelBlock runs, its sums per element of a run folded to one Sums vector of length c
+  // per (n, task), reduced below (tasks of a fixed size: the sums do not depend on the
+  // thread count; kPixelBlock runs, not pixels, so the fold stays a small part of a task)
+  const int64_t P = nhwc ? run_pixels(c) : 1, len = P * c, block = kPixelBlock * P;
+  const int64_t blocks = nhwc ? (hw + block - 1) / block : 1;
   std::vector<acc_t> part(nhwc ? n * blocks * kSums * c : 0);  // [task][kSums][c]
   std::vector<acc_t> mp, rp, sp, tp;
   if (nhwc) {
@@ -527,8 +529,8 @@ void epilogue_backward(const at::Tensor& gy_t, const at::Tensor& pre, at::Tensor
           at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
             std::vector<acc_t> acc(kSums * len);  // [kSums][P][c]
             for (int64_t task = begin; task < end; ++task) {
-              const int64_t i = task / blocks, p0 = (task % blocks) * kPixelBlock;
-              const int64_t p1 = std::min(p0 + kPixelBlock, hw);
+              const int64_t i = task / blocks, p0 = (task % blocks) * block;
+              const int64_t p1 = std::min(p0 + block, hw);
               std::fill(acc.begin(), acc.end(), acc_t(0));
               for (int64_t q = p0; q < p1; q += P) {
                 const int64_t off = (i * hw + q) * c, l = std::min(P, p1 - q) * c;
