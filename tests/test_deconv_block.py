@@ -1,4 +1,5 @@
 """fastvae.deconv_block: the reference against torch.nn modules, every backend against it."""
+import contextlib
 import copy
 import itertools
 
@@ -176,6 +177,39 @@ def test_opcheck(backend, norm, affine):
     args = (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), scale, shift,
             K4S2P1, groups, "leaky_relu", 0.2, 1e-5, backend)
     torch.library.opcheck(torch.ops.fastvae.deconv_block.default, args)
+
+
+class _PassThroughFunctionMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", backend_params("deconv_block"))
+@pytest.mark.parametrize("norm, affine", [("group", "channel"), ("instance", "spatial"),
+                                          ("batch", "channel"), ("none", "none")])
+def test_eager_function_and_registered_op_agree(backend, norm, affine):
+    """Eager calls on plain tensors run ops._DeconvBlockFunction (the custom-op wrapper's
+    overhead skipped); under a mode, compile or a subclass the registered op runs. Both
+    give the same values, gradients and running statistics, and each is taken."""
+    x, weight, bias, kwargs = make_args(norm=norm, affine=affine)
+    running = ({"running_mean": torch.randn(8), "running_var": torch.rand(8) + 0.5}
+               if norm == "batch" else {})
+    grad_y = torch.randn(2, 8, 10, 6)
+    results = {}
+    for path, mode in (("function", None), ("op", _PassThroughFunctionMode())):
+        state = {k: v.clone() for k, v in running.items()}
+        leaves = {k: v.detach().requires_grad_() for k, v in tensors_of(x, weight, bias, kwargs).items()}
+        options = {k: v for k, v in leaves.items() if k not in ("x", "weight", "bias")}
+        with mode if mode is not None else contextlib.nullcontext():
+            y = fastvae.deconv_block(leaves["x"], leaves["weight"], leaves["bias"],
+                                     backend=backend, **options, **state, norm=norm,
+                                     num_groups=kwargs["num_groups"])
+            grads = torch.autograd.grad(y, list(leaves.values()), grad_y)
+        out = {"y": y, **{"grad_" + k: g for k, g in zip(leaves, grads)}}
+        node = type(out["y"].grad_fn).__name__
+        assert ("DeconvBlockFunction" in node) == (path == "function"), node
+        results[path] = {**out, **state}
+    torch.testing.assert_close(results["function"], results["op"], rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------- the module

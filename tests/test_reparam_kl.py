@@ -1,4 +1,6 @@
 """fastvae.reparam_kl: the reference against the formula, every backend against the reference."""
+import contextlib
+
 import pytest
 import torch
 
@@ -140,6 +142,31 @@ def test_opcheck(backend, with_eps):
     torch.library.opcheck(torch.ops.fastvae.reparam_kl.default, (mu, logvar, eps, seed, backend))
     grads = (torch.randn(3, 5, 7), torch.randn(3), mu.detach(), logvar.detach(), eps, seed, backend)
     torch.library.opcheck(torch.ops.fastvae.reparam_kl_backward.default, grads)
+
+
+class _PassThroughFunctionMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", backend_params("reparam_kl"))
+@pytest.mark.parametrize("with_eps", [False, True])
+def test_eager_function_and_registered_op_agree(backend, with_eps):
+    """Eager calls on plain tensors run ops._ReparamKLFunction; under a mode, compile or a
+    subclass the registered op runs. Same values and gradients, and each path is taken."""
+    mu, logvar = inputs((3, 5, 7), torch.float32)
+    eps = torch.randn(3, 5, 7) if with_eps else None
+    grad_z, seed = torch.randn(3, 5, 7), fresh_seed()
+    results = {}
+    for path, mode in (("function", None), ("op", _PassThroughFunctionMode())):
+        m, lv = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
+        with mode if mode is not None else contextlib.nullcontext():
+            z, kl = fastvae.reparam_kl(m, lv, eps, seed=seed, reduction="sum", backend=backend)
+            grads = torch.autograd.grad((z, kl), (m, lv), (grad_z, torch.tensor(0.7)))
+        node = type(z.grad_fn).__name__
+        assert ("ReparamKLFunction" in node) == (path == "function"), node
+        results[path] = (z, kl, *grads)
+    torch.testing.assert_close(results["function"], results["op"], rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------- the module
