@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import fastvae
-from conftest import backend_params
+from conftest import assert_close_to_reference, backend_params
 from fastvae.reference import K4S2P1
 
 pytestmark = [*(p.marks[0] for p in backend_params("deconv_block") if p.id == "native"),
               pytest.mark.usefixtures("every_cpu_capability")]  # each native CPU build
 
-PATHS = ("nchw", "channels_last", "winograd")
+PATHS = ("nchw", "channels_last", "winograd", "gemm")
 LAYOUTS = ("contiguous", "channels_last", "strided")
 
 
@@ -34,11 +34,16 @@ def layout_of(t, layout):
 @pytest.mark.parametrize("path", PATHS)
 def test_forced_paths_are_named(path, monkeypatch):
     monkeypatch.setenv("FASTVAE_CONV_PATH", path)
+    # gemm is a 1x1 input's only (else nchw)
+    expected = "nchw" if path == "gemm" else path
     for layout in LAYOUTS:
-        assert plan(layout_of(torch.randn(2, 6, 5, 3), layout)) == path
+        assert plan(layout_of(torch.randn(2, 6, 5, 3), layout)) == expected
+        assert plan(layout_of(torch.randn(2, 6, 1, 1), layout)) == path
     # Winograd is the 4x4 stride-2 padding-1 float32/float64 backward only
-    expected = "channels_last" if path == "winograd" else path
+    expected = {"winograd": "channels_last", "gemm": "nchw"}.get(path, path)
     assert plan(torch.randn(2, 6, 5, 3), kernel=3, geometry=[2, 2, 1, 1, 1, 1]) == expected
+    # a 1x1 input whose output leaves the kernel's footprint (output_padding) is not a GEMM
+    assert plan(torch.randn(2, 6, 1, 1), kernel=3, geometry=[2, 2, 1, 1, 1, 1]) == expected
 
 
 def test_unknown_forced_path_is_an_error(monkeypatch):
@@ -56,8 +61,8 @@ def test_auto_takes_every_path(monkeypatch):
                                            (torch.contiguous_format, torch.channels_last)):
         x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
         taken.add(plan(x, cout=c))
-        if fmt == torch.contiguous_format and hw == 1 and c == 512:
-            assert plan(x, cout=c) != "winograd"  # 1x1 maps: the transforms are pure overhead
+        if hw == 1:
+            assert plan(x, cout=c) == "gemm"  # 1x1 maps: one matrix product
     assert taken == set(PATHS)
 
 
@@ -84,3 +89,33 @@ def test_every_path_matches_the_reference(path, layout, dtype, monkeypatch):
         low = (outs["reference", dtype][("y", "grad_x", "grad_weight", "grad_bias").index(name)]
                .double() - ref).abs().max().item()
         assert err <= max(tol * scale, 2 * low), f"{path} {name}: error {err:.3g}"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel, geometry, norm", [
+    (4, [1, 1, 0, 0, 0, 0], "batch"),     # DCGAN's first layer: the whole kernel
+    (4, [2, 2, 1, 1, 0, 0], "instance"),  # a U-Net's innermost up-conv: the centre 2x2 taps
+    (2, [2, 2, 0, 0, 0, 0], "group"),
+    (5, [1, 2, 2, 1, 0, 0], "none"),      # a 1x3 output: its own padding per axis
+])
+def test_gemm_path_matches_the_reference(kernel, geometry, norm, dtype, layout):
+    """auto's gemm path on 1x1 inputs, values and every gradient, against the reference."""
+    assert plan(torch.empty(3, 7, 1, 1), kernel=kernel, geometry=geometry) == "gemm"
+    torch.manual_seed(torch.seed() % 2**31)
+    x = layout_of(torch.randn(3, 7, 1, 1, dtype=torch.float64), layout)
+    weight = torch.randn(7, 8, kernel, kernel, dtype=torch.float64) / 3
+    bias = torch.randn(8, dtype=torch.float64)
+    ho, wo = (kernel - 2 * geometry[2 + d] for d in (0, 1))
+    grad_y = torch.randn(3, 8, ho, wo, dtype=torch.float64)
+    outs = {}
+    for backend, dt in (("native", dtype), ("reference", dtype), ("reference", torch.float64)):
+        leaves = [t.to(dt).requires_grad_() for t in (x, weight, bias)]
+        y = fastvae.deconv_block(*leaves, stride=geometry[:2], padding=geometry[2:4],
+                                 output_padding=0, norm=norm, num_groups=4, activation="silu",
+                                 backend=backend)
+        outs[backend, dt] = [y, *torch.autograd.grad(y, leaves, grad_y.to(dt))]
+    for name, got, low, high in zip(("y", "grad_x", "grad_weight", "grad_bias"),
+                                    outs["native", dtype], outs["reference", dtype],
+                                    outs["reference", torch.float64]):
+        assert_close_to_reference(got, low, high, dtype, name)

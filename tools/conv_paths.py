@@ -1,6 +1,7 @@
 """Measures deconv_block's native conv paths over real decoder layers and writes the rule.
 
     .venv/bin/python tools/conv_paths.py [--rounds 7] [--write]
+    .venv/bin/python tools/conv_paths.py --single-pixel [--rounds 7]
 
 For every 4x4 stride-2 layer of bench/bench_shapes.py (the layers the Winograd backward can
 take) and both layouts of x, times one native forward + backward under each path of
@@ -13,6 +14,11 @@ summed slowdown of auto's choice against the best path over the layers. --write 
 and the table they came from into csrc/cpu/conv_plan_table.h (rebuild the extension after).
 The norm and activation are left out (norm "none"): they run the same fused epilogue
 whatever the conv path.
+
+--single-pixel times the gemm path against the others on the 1x1-input layers of the sweep
+(DCGAN's first layer, the U-Net's innermost): auto takes gemm on every 1x1 input that allows
+it, so it prints the ratios that rule rests on, and the price of oneDNN's bias on a stride-1
+transposed convolution (which the native op adds itself, after the convolution, in NCHW).
 """
 import argparse
 import datetime
@@ -38,15 +44,46 @@ def runner(layer, fmt, path):
     torch.manual_seed(0)
     x = torch.randn(layer.n, layer.cin, layer.h, layer.h).contiguous(memory_format=fmt)
     x.requires_grad_()
-    weight = torch.randn(layer.cin, layer.cout, 4, 4, requires_grad=True)
+    weight = torch.randn(layer.cin, layer.cout, layer.kernel, layer.kernel, requires_grad=True)
     bias = torch.randn(layer.cout, requires_grad=True)
-    grad_y = torch.randn(layer.n, layer.cout, 2 * layer.h, 2 * layer.h).contiguous(memory_format=fmt)
+    ho = (layer.h - 1) * layer.stride - 2 * layer.padding + layer.kernel
+    grad_y = torch.randn(layer.n, layer.cout, ho, ho).contiguous(memory_format=fmt)
 
     def run():
         os.environ["FASTVAE_CONV_PATH"] = path
-        y = fastvae.deconv_block(x, weight, bias, norm="none", activation="none", backend="native")
+        y = fastvae.deconv_block(x, weight, bias, stride=layer.stride, padding=layer.padding,
+                                 norm="none", activation="none", backend="native")
         torch.autograd.grad(y, (x, weight, bias), grad_y)
     return run
+
+
+def single_pixel(rounds):
+    """gemm against nchw and channels_last on the 1x1-input layers; oneDNN's stride-1 bias."""
+    worst = float("inf")
+    for layer in LAYERS.values():
+        if layer.h != 1:
+            continue
+        times = interleaved_seconds(
+            {p: runner(layer, torch.contiguous_format, p) for p in ("gemm", "nchw", "channels_last")},
+            rounds)
+        t = {p: min(v) for p, v in times.items()}
+        ratio = min(t["nchw"], t["channels_last"]) / t["gemm"]
+        worst = min(worst, ratio)
+        print(f"{layer.name:34s} " + "  ".join(f"{p}={1e3 * v:8.2f} ms" for p, v in t.items())
+              + f"  best other / gemm {ratio:.2f}x", flush=True)
+        if layer.stride == 1:
+            x = torch.randn(layer.n, layer.cin, 1, 1)
+            w = torch.randn(layer.cin, layer.cout, layer.kernel, layer.kernel)
+            b = torch.randn(layer.cout)
+            conv = torch.nn.functional.conv_transpose2d
+            times = interleaved_seconds({
+                "with bias": lambda: conv(x, w, b, 1, layer.padding),
+                "bias after": lambda: conv(x, w, None, 1, layer.padding).add_(b.view(1, -1, 1, 1)),
+            }, rounds)
+            print(f"{'':34s} oneDNN forward " + "  ".join(
+                f"{k}={1e3 * min(v):.3f} ms" for k, v in times.items()), flush=True)
+    os.environ.pop("FASTVAE_CONV_PATH", None)
+    print(f"gemm's worst speedup over the best other path: {worst:.2f}x")
 
 
 def measure(rounds):
@@ -144,8 +181,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--write", action="store_true", help=f"write {TABLE.relative_to(ROOT)}")
+    parser.add_argument("--single-pixel", action="store_true",
+                        help="time the gemm path on the 1x1-input layers instead")
     args = parser.parse_args()
     print(cpu_description())
+    if args.single_pixel:
+        single_pixel(args.rounds)
+        return
     rows = measure(args.rounds)
     thresholds = {layout: best_thresholds([r for r in rows if r[1] == layout])
                   for layout in ("nchw", "cl")}

@@ -12,7 +12,7 @@
 namespace fastvae {
 namespace cpu {
 
-ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1,
+ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, bool single_pixel,
                    at::ScalarType conv_type) {
   const bool x_channels_last = !x.is_contiguous() &&
                                x.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -22,10 +22,13 @@ ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1,
   if (forced != nullptr && *forced != '\0' && std::strcmp(forced, "auto") != 0) {
     if (std::strcmp(forced, "winograd") == 0) return {true, winograd_ok};
     if (std::strcmp(forced, "channels_last") == 0) return {true, false};
+    if (std::strcmp(forced, "gemm") == 0) return {false, false, single_pixel};
     TORCH_CHECK(std::strcmp(forced, "nchw") == 0,
-                "FASTVAE_CONV_PATH must be auto, winograd, channels_last or nchw, got ", forced);
+                "FASTVAE_CONV_PATH must be auto, gemm, winograd, channels_last or nchw, got ",
+                forced);
     return {false, false};
   }
+  if (single_pixel) return {false, false, true};
   const plan_table::Thresholds& t =
       x_channels_last ? plan_table::kChannelsLastInput : plan_table::kNchwInput;
   const int64_t plane = x.size(2) * x.size(3);

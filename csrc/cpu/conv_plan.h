@@ -8,6 +8,12 @@
 //   channels_last  the same in channels_last (copies for an NCHW x)
 //   winograd       channels_last forward, Winograd F(2x2, 2x2) backward: 4x4 stride-2
 //                  padding-1 kernels in float32/float64 only (else channels_last)
+//   gemm           a 1x1 input (DCGAN's latent, a U-Net's bottleneck) whose output lies in
+//                  the kernel's footprint: y[n, co, i, j] = sum_ci x[n, ci] W[ci, co, i + p,
+//                  j + p], so the forward and both backward products are one matrix product
+//                  each (at::mm / addmm; else nchw). oneDNN's deconvolution runs these 1.4x to
+//                  4.4x slower (tools/conv_paths.py --single-pixel), so auto takes gemm for
+//                  every such input.
 // "auto" (the default): winograd where x holds at least Tw pixels (N*H*W: the Winograd
 // backward's fixed costs, the weight transforms and one grad_W partial per thread, are
 // O(Cin*Cout) while its savings grow with the pixels) and Cin, Cout >= Tm (its GEMMs have
@@ -27,15 +33,16 @@ namespace cpu {
 struct ConvPlan {
   bool channels_last;  // both convolutions in channels_last (else in x's layout)
   bool winograd;       // the backward by Winograd (implies channels_last)
+  bool gemm = false;   // forward and backward as matrix products (a 1x1 input)
   const char* name() const {
-    return winograd ? "winograd" : channels_last ? "channels_last" : "nchw";
+    return gemm ? "gemm" : winograd ? "winograd" : channels_last ? "channels_last" : "nchw";
   }
 };
 
 // The plan for x (N, Cin, H, W) and `cout` output channels of a block whose geometry is the
-// 4x4/2/1 one when `k4s2p1`; `conv_type` is the dtype the convolutions run in (float32 for
-// upcast bf16/fp16).
-ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1,
+// 4x4/2/1 one when `k4s2p1`, and allows the gemm path when `single_pixel`; `conv_type` is
+// the dtype the convolutions run in (float32 for upcast bf16/fp16).
+ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, bool single_pixel,
                    at::ScalarType conv_type);
 
 }  // namespace cpu

@@ -124,6 +124,12 @@ struct Geometry {
   at::IntArrayRef stride() const { return {v, 2}; }
   at::IntArrayRef padding() const { return {v + 2, 2}; }
   at::IntArrayRef output_padding() const { return {v + 4, 2}; }
+  // A 1x1 input whose output lies inside the kernel (no output_padding, k > 2p): output
+  // pixel (i, j) is kernel tap (i + p, j + p) times the input pixel, whatever the stride.
+  bool single_pixel(const at::Tensor& x, const at::Tensor& weight) const {
+    return x.size(2) == 1 && x.size(3) == 1 && v[4] == 0 && v[5] == 0 &&
+           weight.size(2) > 2 * v[2] && weight.size(3) > 2 * v[3];
+  }
   // The 4x4 stride-2 padding-1 block: the Winograd backward's geometry.
   bool is_k4s2p1(const at::Tensor& weight) const {
     return weight.size(2) == 4 && weight.size(3) == 4 && v[0] == 2 && v[1] == 2 && v[2] == 1 &&
@@ -141,8 +147,46 @@ Geometry parse_geometry(at::IntArrayRef g) {
 // The conv path of a call (cpu/conv_plan.h); `upcast`: its convolutions run in float32.
 cpu::ConvPlan conv_plan_of(const at::Tensor& x, const at::Tensor& weight, const Geometry& geo,
                            bool upcast) {
-  return cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight),
+  return cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight), geo.single_pixel(x, weight),
                         upcast ? at::kFloat : x.scalar_type());
+}
+
+// The gemm path (single_pixel): the kernel taps that reach the output, as the (Cin,
+// Cout * Ho * Wo) matrix of the product (a view when the padding is 0).
+at::Tensor output_taps(const at::Tensor& weight, const Geometry& geo) {
+  const int64_t kh = weight.size(2), kw = weight.size(3), ph = geo.v[2], pw = geo.v[3];
+  return weight.slice(2, ph, kh - ph).slice(3, pw, kw - pw).reshape({weight.size(0), -1});
+}
+
+// The transposed convolution of a 1x1 x: (N, Cin) @ taps, bias added by addmm.
+at::Tensor single_pixel_forward(const at::Tensor& x, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias, const Geometry& geo) {
+  const int64_t n = x.size(0), cout = weight.size(1);
+  const int64_t ho = weight.size(2) - 2 * geo.v[2], wo = weight.size(3) - 2 * geo.v[3];
+  const at::Tensor xm = x.reshape({n, x.size(1)});
+  const at::Tensor taps = output_taps(weight, geo);
+  const at::Tensor y = bias.has_value() && bias->defined()
+                           ? at::addmm(bias->repeat_interleave(ho * wo), xm, taps)
+                           : at::mm(xm, taps);
+  return y.view({n, cout, ho, wo});
+}
+
+// Its backward: grad_x = grad @ taps^T, grad of the taps = x^T @ grad (the other taps 0).
+std::tuple<at::Tensor, at::Tensor> single_pixel_backward(const at::Tensor& grad,
+                                                         const at::Tensor& x,
+                                                         const at::Tensor& weight,
+                                                         const Geometry& geo) {
+  const int64_t n = x.size(0), cin = x.size(1);
+  const at::Tensor g = grad.reshape({n, -1});
+  const at::Tensor xm = x.reshape({n, cin});
+  const at::Tensor grad_x = at::mm(g, output_taps(weight, geo).t()).view({n, cin, 1, 1});
+  const int64_t kh = weight.size(2), kw = weight.size(3), ph = geo.v[2], pw = geo.v[3];
+  const at::Tensor grad_taps = at::mm(xm.t(), g).view({cin, weight.size(1), kh - 2 * ph,
+                                                       kw - 2 * pw});
+  if (ph == 0 && pw == 0) return {grad_x, grad_taps};
+  at::Tensor grad_weight = at::zeros_like(weight, at::MemoryFormat::Contiguous);
+  grad_weight.slice(2, ph, kh - ph).slice(3, pw, kw - pw).copy_(grad_taps);
+  return {grad_x, grad_weight};
 }
 
 at::MemoryFormat format_of(const at::Tensor& x) {
@@ -373,11 +417,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, upcast);
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
-  const at::Tensor pre = to_layout(
-      at::conv_transpose2d(conv_activation(x, upcast, plan),
-                           conv_operand(weight, upcast), b, geo.stride(), geo.padding(),
-                           geo.output_padding()),
-      x.scalar_type(), fmt);
+  // oneDNN adds a stride-1 transposed convolution's bias to an NCHW output in a reference
+  // loop, 1-2 ns an output element (DCGAN's 100->512 k4s1p0 layer, batch 64: 2.28 ms with
+  // the bias, 1.42 without it plus at::add_); with stride 2, or channels_last, it costs
+  // nothing measurable (tools/conv_paths.py --bias prints the table)
+  const bool bias_after = b.has_value() && b->defined() && !plan.channels_last &&
+                          geo.v[0] == 1 && geo.v[1] == 1;
+  at::Tensor conv;
+  if (plan.gemm) {
+    conv = single_pixel_forward(conv_activation(x, upcast, plan), conv_operand(weight, upcast),
+                                b, geo);
+  } else {
+    conv = at::conv_transpose2d(conv_activation(x, upcast, plan), conv_operand(weight, upcast),
+                                bias_after ? c10::optional<at::Tensor>() : b, geo.stride(),
+                                geo.padding(), geo.output_padding());
+    if (bias_after) conv.add_(b->view({1, -1, 1, 1}));
+  }
+  const at::Tensor pre = to_layout(conv, x.scalar_type(), fmt);
   const int64_t n = pre.size(0), c = pre.size(1);
   TORCH_CHECK(groups == kBatch || (groups >= 0 && (groups == 0 || c % groups == 0)),
               "deconv_block: groups must divide the output channels (or be -1, BatchNorm)");
@@ -695,7 +751,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   const at::Tensor wc = conv_operand(weight, upcast);
   const at::Tensor ghc = conv_activation(gh, upcast, plan);
   at::Tensor grad_x, grad_weight;
-  if (plan.winograd && conv_transpose_nhwc_supported(xc, wc)) {
+  if (plan.gemm) {
+    std::tie(grad_x, grad_weight) = single_pixel_backward(ghc, xc, wc, geo);
+  } else if (plan.winograd && conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = conv_transpose_nhwc_backward(ghc, xc, wc);
   } else {
     std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
