@@ -34,16 +34,11 @@ def layout_of(t, layout):
 @pytest.mark.parametrize("path", PATHS)
 def test_forced_paths_are_named(path, monkeypatch):
     monkeypatch.setenv("FASTVAE_CONV_PATH", path)
-    # gemm is a 1x1 input's only (else nchw)
-    expected = "nchw" if path == "gemm" else path
     for layout in LAYOUTS:
-        assert plan(layout_of(torch.randn(2, 6, 5, 3), layout)) == expected
-        assert plan(layout_of(torch.randn(2, 6, 1, 1), layout)) == path
+        assert plan(layout_of(torch.randn(2, 6, 5, 3), layout)) == path
     # Winograd is the 4x4 stride-2 padding-1 float32/float64 backward only
-    expected = {"winograd": "channels_last", "gemm": "nchw"}.get(path, path)
+    expected = "channels_last" if path == "winograd" else path
     assert plan(torch.randn(2, 6, 5, 3), kernel=3, geometry=[2, 2, 1, 1, 1, 1]) == expected
-    # a 1x1 input whose output leaves the kernel's footprint (output_padding) is not a GEMM
-    assert plan(torch.randn(2, 6, 1, 1), kernel=3, geometry=[2, 2, 1, 1, 1, 1]) == expected
 
 
 def test_unknown_forced_path_is_an_error(monkeypatch):
@@ -61,8 +56,8 @@ def test_auto_takes_every_path(monkeypatch):
                                            (torch.contiguous_format, torch.channels_last)):
         x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
         taken.add(plan(x, cout=c))
-        if hw == 1:
-            assert plan(x, cout=c) == "gemm"  # 1x1 maps: one matrix product
+        if hw <= 4:
+            assert plan(x, cout=c) == "gemm"  # small maps: matrix products
     assert taken == set(PATHS)
 
 
@@ -93,26 +88,31 @@ def test_every_path_matches_the_reference(path, layout, dtype, monkeypatch):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kernel, geometry, norm", [
-    (4, [1, 1, 0, 0, 0, 0], "batch"),     # DCGAN's first layer: the whole kernel
-    (4, [2, 2, 1, 1, 0, 0], "instance"),  # a U-Net's innermost up-conv: the centre 2x2 taps
-    (2, [2, 2, 0, 0, 0, 0], "group"),
-    (5, [1, 2, 2, 1, 0, 0], "none"),      # a 1x3 output: its own padding per axis
+@pytest.mark.parametrize("hw, kernel, geometry, norm", [
+    ((1, 1), 4, [1, 1, 0, 0, 0, 0], "batch"),     # DCGAN's first layer: the whole kernel
+    ((1, 1), 4, [2, 2, 1, 1, 0, 0], "instance"),  # a U-Net's innermost: the centre 2x2 taps
+    ((1, 1), 2, [2, 2, 0, 0, 0, 0], "group"),
+    ((1, 1), 5, [1, 2, 2, 1, 0, 0], "none"),      # a 1x3 output: its own padding per axis
+    ((1, 1), 3, [2, 2, 1, 1, 1, 1], "group"),     # output_padding: col2im, not the taps
+    ((2, 2), 4, [2, 2, 1, 1, 0, 0], "instance"),  # the U-Net's next: col2im
+    ((3, 5), 3, [2, 2, 1, 1, 1, 1], "batch"),
+    ((4, 1), 4, [1, 2, 0, 1, 0, 0], "none"),
 ])
-def test_gemm_path_matches_the_reference(kernel, geometry, norm, dtype, layout):
-    """auto's gemm path on 1x1 inputs, values and every gradient, against the reference."""
-    assert plan(torch.empty(3, 7, 1, 1), kernel=kernel, geometry=geometry) == "gemm"
+def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layout):
+    """auto's gemm path on small maps, values and every gradient, against the reference."""
+    assert plan(torch.empty(3, 7, *hw), kernel=kernel, geometry=geometry) == "gemm"
     torch.manual_seed(torch.seed() % 2**31)
-    x = layout_of(torch.randn(3, 7, 1, 1, dtype=torch.float64), layout)
+    x = layout_of(torch.randn(3, 7, *hw, dtype=torch.float64), layout)
     weight = torch.randn(7, 8, kernel, kernel, dtype=torch.float64) / 3
     bias = torch.randn(8, dtype=torch.float64)
-    ho, wo = (kernel - 2 * geometry[2 + d] for d in (0, 1))
+    ho, wo = ((hw[d] - 1) * geometry[d] - 2 * geometry[2 + d] + kernel + geometry[4 + d]
+              for d in (0, 1))
     grad_y = torch.randn(3, 8, ho, wo, dtype=torch.float64)
     outs = {}
     for backend, dt in (("native", dtype), ("reference", dtype), ("reference", torch.float64)):
         leaves = [t.to(dt).requires_grad_() for t in (x, weight, bias)]
         y = fastvae.deconv_block(*leaves, stride=geometry[:2], padding=geometry[2:4],
-                                 output_padding=0, norm=norm, num_groups=4, activation="silu",
+                                 output_padding=geometry[4:], norm=norm, num_groups=4, activation="silu",
                                  backend=backend)
         outs[backend, dt] = [y, *torch.autograd.grad(y, leaves, grad_y.to(dt))]
     for name, got, low, high in zip(("y", "grad_x", "grad_weight", "grad_bias"),

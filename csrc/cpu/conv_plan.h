@@ -8,12 +8,14 @@
 //   channels_last  the same in channels_last (copies for an NCHW x)
 //   winograd       channels_last forward, Winograd F(2x2, 2x2) backward: 4x4 stride-2
 //                  padding-1 kernels in float32/float64 only (else channels_last)
-//   gemm           a 1x1 input (DCGAN's latent, a U-Net's bottleneck) whose output lies in
-//                  the kernel's footprint: y[n, co, i, j] = sum_ci x[n, ci] W[ci, co, i + p,
-//                  j + p], so the forward and both backward products are one matrix product
-//                  each (at::mm / addmm; else nchw). oneDNN's deconvolution runs these 1.4x to
-//                  4.4x slower (tools/conv_paths.py --single-pixel), so auto takes gemm for
-//                  every such input.
+//   gemm           matrix products: a small map's rows (N*H*W, Cin) times the weight
+//                  (Cin, Cout*kH*kW), summed into the output by col2im; backward im2col of
+//                  the gradient and two products. A 1x1 input whose output lies inside the
+//                  kernel (DCGAN's latent, a U-Net's bottleneck) needs no col2im: output
+//                  pixel (i, j) is tap (i + p, j + p) times the input pixel. oneDNN's
+//                  deconvolution runs 1x1-4x4 maps 1.1x-3.2x slower than these products
+//                  (tools/conv_paths.py --small-maps), so auto takes gemm for every input of
+//                  at most 16 pixels a sample or a 1x1 one, before the thresholds below.
 // "auto" (the default): winograd where x holds at least Tw pixels (N*H*W: the Winograd
 // backward's fixed costs, the weight transforms and one grad_W partial per thread, are
 // O(Cin*Cout) while its savings grow with the pixels) and Cin, Cout >= Tm (its GEMMs have
@@ -31,7 +33,7 @@ namespace fastvae {
 namespace cpu {
 
 struct ConvPlan {
-  bool channels_last;  // both convolutions in channels_last (else in x's layout)
+  bool channels_last;  // both convolutions in channels_last (else NCHW; gemm: x's layout)
   bool winograd;       // the backward by Winograd (implies channels_last)
   bool gemm = false;   // forward and backward as matrix products (a 1x1 input)
   const char* name() const {

@@ -104,6 +104,12 @@ bool conv_in_float(at::ScalarType type) {
   return type == at::kBFloat16 ? !bf16 : !fp16;
 }
 
+// Whether a call's convolutions run in float32: as above, and always on the gemm path
+// (col2im would sum the overlapping windows in bf16/fp16, rounding at every add).
+bool conv_in_float(at::ScalarType type, const cpu::ConvPlan& plan) {
+  return conv_in_float(type) || (plan.gemm && (type == at::kBFloat16 || type == at::kHalf));
+}
+
 // weight or bias as the convolution takes it: float32 when `upcast`, else t itself.
 at::Tensor conv_operand(const at::Tensor& t, bool upcast) {
   return upcast ? t.to(at::kFloat) : t;
@@ -169,6 +175,43 @@ at::Tensor single_pixel_forward(const at::Tensor& x, const at::Tensor& weight,
                            ? at::addmm(bias->repeat_interleave(ho * wo), xm, taps)
                            : at::mm(xm, taps);
   return y.view({n, cout, ho, wo});
+}
+
+// The transposed convolution of a small map as one product and a col2im: the rows of x
+// (N*H*W, Cin) times the weight (Cin, Cout*kH*kW) give every input pixel's contribution
+// to its kH x kW window of the output, which col2im sums into place (bias added after).
+at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight,
+                             const c10::optional<at::Tensor>& bias, const Geometry& geo) {
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t kh = weight.size(2), kw = weight.size(3);
+  const int64_t ho = (h - 1) * geo.v[0] - 2 * geo.v[2] + kh + geo.v[4];
+  const int64_t wo = (w - 1) * geo.v[1] - 2 * geo.v[3] + kw + geo.v[5];
+  const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({n * h * w, cin});
+  const at::Tensor cols = at::mm(rows, weight.reshape({cin, -1}))
+                              .view({n, h * w, -1})
+                              .transpose(1, 2);  // (N, Cout*kH*kW, H*W)
+  at::Tensor y = at::col2im(cols, {ho, wo}, {kh, kw}, {1, 1}, geo.padding(), geo.stride());
+  if (bias.has_value() && bias->defined()) y.add_(bias->view({1, -1, 1, 1}));
+  return y;
+}
+
+// Its backward: im2col of the gradient gathers each input pixel's output window, then
+// grad_x = windows @ W^T and grad_W = rows(x)^T @ windows.
+std::tuple<at::Tensor, at::Tensor> small_map_backward(const at::Tensor& grad,
+                                                      const at::Tensor& x,
+                                                      const at::Tensor& weight,
+                                                      const Geometry& geo) {
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
+  const at::Tensor windows =
+      at::im2col(grad, {weight.size(2), weight.size(3)}, {1, 1}, geo.padding(), geo.stride())
+          .transpose(1, 2)
+          .reshape({n * h * w, -1});  // (N*H*W, Cout*kH*kW)
+  const at::Tensor wm = weight.reshape({cin, -1});
+  const at::Tensor grad_x =
+      at::mm(windows, wm.t()).view({n, h, w, cin}).permute({0, 3, 1, 2});  // channels_last
+  const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({n * h * w, cin});
+  const at::Tensor grad_weight = at::mm(rows.t(), windows).view(weight.sizes());
+  return {grad_x, grad_weight};
 }
 
 // Its backward: grad_x = grad @ taps^T, grad of the taps = x^T @ grad (the other taps 0).
@@ -413,8 +456,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   const Geometry geo = parse_geometry(geometry);
   const Activation act = parse_activation(activation);
   const at::MemoryFormat fmt = format_of(x);
-  const bool upcast = conv_in_float(x.scalar_type());
-  const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, upcast);
+  const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, conv_in_float(x.scalar_type()));
+  const bool upcast = conv_in_float(x.scalar_type(), plan);
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
   // oneDNN adds a stride-1 transposed convolution's bias to an NCHW output in a reference
@@ -425,8 +468,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
                           geo.v[0] == 1 && geo.v[1] == 1;
   at::Tensor conv;
   if (plan.gemm) {
-    conv = single_pixel_forward(conv_activation(x, upcast, plan), conv_operand(weight, upcast),
-                                b, geo);
+    const at::Tensor xc = conv_activation(x, upcast, plan), wc = conv_operand(weight, upcast);
+    conv = geo.single_pixel(x, weight) ? single_pixel_forward(xc, wc, b, geo)
+                                       : small_map_forward(xc, wc, b, geo);
   } else {
     conv = at::conv_transpose2d(conv_activation(x, upcast, plan), conv_operand(weight, upcast),
                                 bias_after ? c10::optional<at::Tensor>() : b, geo.stride(),
@@ -745,14 +789,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
     if (has_bias) grad_bias = at::tensor(gb, acc_opts).to(x.scalar_type());
   });
   if (!has_bias) grad_bias = at::empty({0}, x.options());
-  const bool upcast = conv_in_float(x.scalar_type());
-  const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, upcast);
+  const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, conv_in_float(x.scalar_type()));
+  const bool upcast = conv_in_float(x.scalar_type(), plan);
   const at::Tensor xc = conv_activation(x, upcast, plan);
   const at::Tensor wc = conv_operand(weight, upcast);
   const at::Tensor ghc = conv_activation(gh, upcast, plan);
   at::Tensor grad_x, grad_weight;
   if (plan.gemm) {
-    std::tie(grad_x, grad_weight) = single_pixel_backward(ghc, xc, wc, geo);
+    std::tie(grad_x, grad_weight) = geo.single_pixel(x, weight)
+                                        ? single_pixel_backward(ghc, xc, wc, geo)
+                                        : small_map_backward(ghc, xc, wc, geo);
   } else if (plan.winograd && conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = conv_transpose_nhwc_backward(ghc, xc, wc);
   } else {
