@@ -56,8 +56,10 @@ def test_auto_takes_every_path(monkeypatch):
                                            (torch.contiguous_format, torch.channels_last)):
         x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
         taken.add(plan(x, cout=c))
-        if hw <= 4:
+        if hw == 1 or (hw <= 4 and n * hw * hw <= 512):
             assert plan(x, cout=c) == "gemm"  # small maps: matrix products
+        elif hw == 4:
+            assert plan(x, cout=c) != "gemm"  # 4x4 at batch 64: oneDNN ties or wins
     assert taken == set(PATHS)
 
 
@@ -89,11 +91,11 @@ def test_every_path_matches_the_reference(path, layout, dtype, monkeypatch):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("hw, kernel, geometry, norm", [
-    ((1, 1), 4, [1, 1, 0, 0, 0, 0], "batch"),     # DCGAN's first layer: the whole kernel
-    ((1, 1), 4, [2, 2, 1, 1, 0, 0], "instance"),  # a U-Net's innermost: the centre 2x2 taps
-    ((1, 1), 2, [2, 2, 0, 0, 0, 0], "group"),
+    ((1, 1), 4, [1, 1, 0, 0, 0, 0], "batch"),     # DCGAN's first layer: one product
+    ((1, 1), 2, [2, 2, 0, 0, 0, 0], "group"),     # one product
+    ((1, 1), 4, [2, 2, 1, 1, 0, 0], "instance"),  # a U-Net's innermost: col2im crops
     ((1, 1), 5, [1, 2, 2, 1, 0, 0], "none"),      # a 1x3 output: its own padding per axis
-    ((1, 1), 3, [2, 2, 1, 1, 1, 1], "group"),     # output_padding: col2im, not the taps
+    ((1, 1), 3, [2, 2, 1, 1, 1, 1], "group"),     # output_padding
     ((2, 2), 4, [2, 2, 1, 1, 0, 0], "instance"),  # the U-Net's next: col2im
     ((3, 5), 3, [2, 2, 1, 1, 1, 1], "batch"),
     ((4, 1), 4, [1, 2, 0, 1, 0, 0], "none"),

@@ -12,13 +12,15 @@
 namespace fastvae {
 namespace cpu {
 
-// gemm (csrc/cpu/conv_plan.h) for inputs of at most this many pixels a sample: `tools/
-// conv_paths.py --small-maps` times it against the other paths on the sweep's 1x1-4x4
-// inputs (gemm 1.1-3.2x faster there) and 8x8 ones (0.84x: oneDNN's direct kernels win).
+// gemm (csrc/cpu/conv_plan.h) for every 1x1 input and for maps of at most kGemmMaxPlane
+// pixels a sample holding at most kGemmMaxPixels in all (N*H*W). `tools/conv_paths.py
+// --small-maps`, fwd+bwd against the best other path: 1x1 inputs 1.8x-3.6x; 2x2 (U-Net
+// 1024->512@2, N*H*W 4-32) 2.9x; 4x4 at N*H*W 256 (DCGAN 512->256@4 b16) 1.10x-1.25x, at
+// 1024 (b64) 0.94x-1.01x; 8x8 maps 0.43x-0.83x.
 constexpr int64_t kGemmMaxPlane = 16;
+constexpr int64_t kGemmMaxPixels = 512;
 
-ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, bool single_pixel,
-                   at::ScalarType conv_type) {
+ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type) {
   const bool x_channels_last = !x.is_contiguous() &&
                                x.is_contiguous(at::MemoryFormat::ChannelsLast);
   const bool winograd_ok =
@@ -34,7 +36,9 @@ ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, bool single_p
     return {false, false};
   }
   const int64_t plane = x.size(2) * x.size(3);
-  if (single_pixel || plane <= kGemmMaxPlane) return {x_channels_last, false, true};
+  if (plane == 1 || (plane <= kGemmMaxPlane && x.size(0) * plane <= kGemmMaxPixels)) {
+    return {x_channels_last, false, true};
+  }
   const plan_table::Thresholds& t =
       x_channels_last ? plan_table::kChannelsLastInput : plan_table::kNchwInput;
   if (winograd_ok && x.size(0) * plane >= t.winograd_min_pixels &&

@@ -10,12 +10,13 @@
 //                  padding-1 kernels in float32/float64 only (else channels_last)
 //   gemm           matrix products: a small map's rows (N*H*W, Cin) times the weight
 //                  (Cin, Cout*kH*kW), summed into the output by col2im; backward im2col of
-//                  the gradient and two products. A 1x1 input whose output lies inside the
-//                  kernel (DCGAN's latent, a U-Net's bottleneck) needs no col2im: output
-//                  pixel (i, j) is tap (i + p, j + p) times the input pixel. oneDNN's
+//                  the gradient and two products. A 1x1 input without padding (DCGAN's
+//                  latent) needs no col2im: output pixel (i, j) is tap (i, j) times the
+//                  input pixel. oneDNN's
 //                  deconvolution runs 1x1-4x4 maps 1.1x-3.2x slower than these products
-//                  (tools/conv_paths.py --small-maps), so auto takes gemm for every input of
-//                  at most 16 pixels a sample or a 1x1 one, before the thresholds below.
+//                  (tools/conv_paths.py --small-maps), so auto takes gemm for every 1x1
+//                  input and for maps of at most 16 pixels a sample and 512 in all (N*H*W),
+//                  before the thresholds below (csrc/cpu/conv_plan.cpp has the numbers).
 // "auto" (the default): winograd where x holds at least Tw pixels (N*H*W: the Winograd
 // backward's fixed costs, the weight transforms and one grad_W partial per thread, are
 // O(Cin*Cout) while its savings grow with the pixels) and Cin, Cout >= Tm (its GEMMs have
@@ -35,17 +36,16 @@ namespace cpu {
 struct ConvPlan {
   bool channels_last;  // both convolutions in channels_last (else NCHW; gemm: x's layout)
   bool winograd;       // the backward by Winograd (implies channels_last)
-  bool gemm = false;   // forward and backward as matrix products (a 1x1 input)
+  bool gemm = false;   // forward and backward as matrix products (small maps)
   const char* name() const {
     return gemm ? "gemm" : winograd ? "winograd" : channels_last ? "channels_last" : "nchw";
   }
 };
 
 // The plan for x (N, Cin, H, W) and `cout` output channels of a block whose geometry is the
-// 4x4/2/1 one when `k4s2p1`, and allows the gemm path when `single_pixel`; `conv_type` is
-// the dtype the convolutions run in (float32 for upcast bf16/fp16).
-ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, bool single_pixel,
-                   at::ScalarType conv_type);
+// 4x4/2/1 one when `k4s2p1`; `conv_type` is the dtype the convolutions run in (float32 for
+// upcast bf16/fp16).
+ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type);
 
 }  // namespace cpu
 }  // namespace fastvae

@@ -130,11 +130,12 @@ struct Geometry {
   at::IntArrayRef stride() const { return {v, 2}; }
   at::IntArrayRef padding() const { return {v + 2, 2}; }
   at::IntArrayRef output_padding() const { return {v + 4, 2}; }
-  // A 1x1 input whose output lies inside the kernel (no output_padding, k > 2p): output
-  // pixel (i, j) is kernel tap (i + p, j + p) times the input pixel, whatever the stride.
-  bool single_pixel(const at::Tensor& x, const at::Tensor& weight) const {
-    return x.size(2) == 1 && x.size(3) == 1 && v[4] == 0 && v[5] == 0 &&
-           weight.size(2) > 2 * v[2] && weight.size(3) > 2 * v[3];
+  // A 1x1 input, no padding or output_padding: the output is the kernel's footprint, pixel
+  // (i, j) being tap (i, j) times the input pixel, whatever the stride. (With padding the
+  // output is the centre taps; the col2im form below crops them without copying the
+  // weight: U-Net 1024->512@1 fwd+bwd 9.3 ms against 29.0 for a product on copied taps.)
+  bool single_pixel(const at::Tensor& x) const {
+    return x.size(2) == 1 && x.size(3) == 1 && v[2] == 0 && v[3] == 0 && v[4] == 0 && v[5] == 0;
   }
   // The 4x4 stride-2 padding-1 block: the Winograd backward's geometry.
   bool is_k4s2p1(const at::Tensor& weight) const {
@@ -153,28 +154,21 @@ Geometry parse_geometry(at::IntArrayRef g) {
 // The conv path of a call (cpu/conv_plan.h); `upcast`: its convolutions run in float32.
 cpu::ConvPlan conv_plan_of(const at::Tensor& x, const at::Tensor& weight, const Geometry& geo,
                            bool upcast) {
-  return cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight), geo.single_pixel(x, weight),
+  return cpu::plan_conv(x, weight.size(1), geo.is_k4s2p1(weight),
                         upcast ? at::kFloat : x.scalar_type());
 }
 
-// The gemm path (single_pixel): the kernel taps that reach the output, as the (Cin,
-// Cout * Ho * Wo) matrix of the product (a view when the padding is 0).
-at::Tensor output_taps(const at::Tensor& weight, const Geometry& geo) {
-  const int64_t kh = weight.size(2), kw = weight.size(3), ph = geo.v[2], pw = geo.v[3];
-  return weight.slice(2, ph, kh - ph).slice(3, pw, kw - pw).reshape({weight.size(0), -1});
-}
-
-// The transposed convolution of a 1x1 x: (N, Cin) @ taps, bias added by addmm.
+// The transposed convolution of a 1x1 x (single_pixel): (N, Cin) @ W as (Cin, Cout*kH*kW),
+// bias added by addmm.
 at::Tensor single_pixel_forward(const at::Tensor& x, const at::Tensor& weight,
-                                const c10::optional<at::Tensor>& bias, const Geometry& geo) {
-  const int64_t n = x.size(0), cout = weight.size(1);
-  const int64_t ho = weight.size(2) - 2 * geo.v[2], wo = weight.size(3) - 2 * geo.v[3];
+                                const c10::optional<at::Tensor>& bias) {
+  const int64_t n = x.size(0), kk = weight.size(2) * weight.size(3);
   const at::Tensor xm = x.reshape({n, x.size(1)});
-  const at::Tensor taps = output_taps(weight, geo);
+  const at::Tensor wm = weight.reshape({weight.size(0), -1});
   const at::Tensor y = bias.has_value() && bias->defined()
-                           ? at::addmm(bias->repeat_interleave(ho * wo), xm, taps)
-                           : at::mm(xm, taps);
-  return y.view({n, cout, ho, wo});
+                           ? at::addmm(bias->repeat_interleave(kk), xm, wm)
+                           : at::mm(xm, wm);
+  return y.view({n, weight.size(1), weight.size(2), weight.size(3)});
 }
 
 // The transposed convolution of a small map as one product and a col2im: the rows of x
@@ -214,22 +208,15 @@ std::tuple<at::Tensor, at::Tensor> small_map_backward(const at::Tensor& grad,
   return {grad_x, grad_weight};
 }
 
-// Its backward: grad_x = grad @ taps^T, grad of the taps = x^T @ grad (the other taps 0).
+// Its backward: grad_x = grad @ W^T, grad_W = x^T @ grad.
 std::tuple<at::Tensor, at::Tensor> single_pixel_backward(const at::Tensor& grad,
                                                          const at::Tensor& x,
-                                                         const at::Tensor& weight,
-                                                         const Geometry& geo) {
+                                                         const at::Tensor& weight) {
   const int64_t n = x.size(0), cin = x.size(1);
   const at::Tensor g = grad.reshape({n, -1});
   const at::Tensor xm = x.reshape({n, cin});
-  const at::Tensor grad_x = at::mm(g, output_taps(weight, geo).t()).view({n, cin, 1, 1});
-  const int64_t kh = weight.size(2), kw = weight.size(3), ph = geo.v[2], pw = geo.v[3];
-  const at::Tensor grad_taps = at::mm(xm.t(), g).view({cin, weight.size(1), kh - 2 * ph,
-                                                       kw - 2 * pw});
-  if (ph == 0 && pw == 0) return {grad_x, grad_taps};
-  at::Tensor grad_weight = at::zeros_like(weight, at::MemoryFormat::Contiguous);
-  grad_weight.slice(2, ph, kh - ph).slice(3, pw, kw - pw).copy_(grad_taps);
-  return {grad_x, grad_weight};
+  const at::Tensor grad_x = at::mm(g, weight.reshape({cin, -1}).t()).view({n, cin, 1, 1});
+  return {grad_x, at::mm(xm.t(), g).view(weight.sizes())};
 }
 
 at::MemoryFormat format_of(const at::Tensor& x) {
@@ -469,7 +456,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   at::Tensor conv;
   if (plan.gemm) {
     const at::Tensor xc = conv_activation(x, upcast, plan), wc = conv_operand(weight, upcast);
-    conv = geo.single_pixel(x, weight) ? single_pixel_forward(xc, wc, b, geo)
+    conv = geo.single_pixel(x) ? single_pixel_forward(xc, wc, b)
                                        : small_map_forward(xc, wc, b, geo);
   } else {
     conv = at::conv_transpose2d(conv_activation(x, upcast, plan), conv_operand(weight, upcast),
@@ -796,8 +783,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   const at::Tensor ghc = conv_activation(gh, upcast, plan);
   at::Tensor grad_x, grad_weight;
   if (plan.gemm) {
-    std::tie(grad_x, grad_weight) = geo.single_pixel(x, weight)
-                                        ? single_pixel_backward(ghc, xc, wc, geo)
+    std::tie(grad_x, grad_weight) = geo.single_pixel(x)
+                                        ? single_pixel_backward(ghc, xc, wc)
                                         : small_map_backward(ghc, xc, wc, geo);
   } else if (plan.winograd && conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = conv_transpose_nhwc_backward(ghc, xc, wc);
