@@ -55,12 +55,24 @@ def _plain_eager(*tensors: Optional[Tensor]) -> bool:
                for t in tensors)
 
 
+def _function_backward(op, body):
+    """What an eager fast-path Function's backward calls: the backward op's body, or under
+    create_graph=True (grad mode on in backward) the registered op itself, whose autograd
+    formula refuses a second derivative with the error the op path gives."""
+    return op if torch.is_grad_enabled() else body
+
+
 # ----------------------------------------------------------------------------- reparam_kl
 
 
 @torch.library.custom_op("fastvae::reparam_kl", mutates_args=())
 def _reparam_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: Tensor,
                 backend: str) -> tuple[Tensor, Tensor]:
+    return _reparam_kl_run(mu, logvar, eps, seed, backend)
+
+
+def _reparam_kl_run(mu, logvar, eps, seed, backend):
+    """The forward op's body: (z, kl) from the backend."""
     z, kl = implementation(backend).reparam_kl_fwd(mu, logvar, eps, seed)
     return z.contiguous(), kl.contiguous()
 
@@ -77,6 +89,11 @@ def _(mu, logvar, eps, seed, backend):
 def _reparam_kl_backward(grad_z: Tensor, grad_kl: Tensor, mu: Tensor, logvar: Tensor,
                          eps: Optional[Tensor], seed: Tensor,
                          backend: str) -> tuple[Tensor, Tensor]:
+    return _reparam_kl_backward_run(grad_z, grad_kl, mu, logvar, eps, seed, backend)
+
+
+def _reparam_kl_backward_run(grad_z, grad_kl, mu, logvar, eps, seed, backend):
+    """The backward op's body: (grad_mu, grad_logvar)."""
     grad_mu, grad_logvar = implementation(backend).reparam_kl_bwd(
         grad_z, grad_kl, mu, logvar, eps, seed)
     return grad_mu.contiguous(), grad_logvar.contiguous()
@@ -95,9 +112,13 @@ def _reparam_kl_setup_context(ctx, inputs, output):
 
 
 def _reparam_kl_grad(ctx, grad_z, grad_kl):
+    return _reparam_kl_grads(ctx, grad_z, grad_kl, torch.ops.fastvae.reparam_kl_backward)
+
+
+def _reparam_kl_grads(ctx, grad_z, grad_kl, backward):
+    """The autograd formula, `backward` being the backward op or its body."""
     mu, logvar, eps, seed = ctx.saved_tensors
-    grad_mu, grad_logvar = torch.ops.fastvae.reparam_kl_backward(
-        grad_z, grad_kl, mu, logvar, eps, seed, ctx.backend)
+    grad_mu, grad_logvar = backward(grad_z, grad_kl, mu, logvar, eps, seed, ctx.backend)
     return grad_mu, grad_logvar, None, None, None
 
 
@@ -109,22 +130,15 @@ class _ReparamKLFunction(torch.autograd.Function):
     eager calls on plain tensors (_plain_eager)."""
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps, seed, backend):
-        z, kl = implementation(backend).reparam_kl_fwd(mu, logvar, eps, seed)
-        ctx.save_for_backward(mu, logvar, eps, seed)
-        ctx.backend = backend
-        return z.contiguous(), kl.contiguous()
+    def forward(ctx, *inputs):
+        output = _reparam_kl_run(*inputs)
+        _reparam_kl_setup_context(ctx, inputs, output)
+        return output
 
     @staticmethod
     def backward(ctx, grad_z, grad_kl):
-        mu, logvar, eps, seed = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the op, which refuses a 2nd derivative
-            grad_mu, grad_logvar = torch.ops.fastvae.reparam_kl_backward(
-                grad_z, grad_kl, mu, logvar, eps, seed, ctx.backend)
-        else:
-            grad_mu, grad_logvar = implementation(ctx.backend).reparam_kl_bwd(
-                grad_z, grad_kl, mu, logvar, eps, seed)
-        return grad_mu.contiguous(), grad_logvar.contiguous(), None, None, None
+        return _reparam_kl_grads(ctx, grad_z, grad_kl, _function_backward(
+            torch.ops.fastvae.reparam_kl_backward, _reparam_kl_backward_run))
 
 
 # --------------------------------------------------------------------------- deconv_block
@@ -217,12 +231,16 @@ def _deconv_block_setup_context(ctx, inputs, output):
 
 
 def _deconv_block_grad(ctx, grad_y, _grad_pre_norm, _grad_mean, _grad_rstd):
+    return _deconv_block_grads(ctx, grad_y, torch.ops.fastvae.deconv_block_backward)
+
+
+def _deconv_block_grads(ctx, grad_y, backward):
+    """The autograd formula, `backward` being the backward op or its body."""
     x, weight, pre_norm, mean, rstd, scale, shift = ctx.saved_tensors
     if grad_y is None:  # only reachable by differentiating the raw op's internal outputs
         grad_y = torch.zeros_like(pre_norm)
-    grad_x, grad_weight, grad_bias, grad_scale, grad_shift = (
-        torch.ops.fastvae.deconv_block_backward(
-            grad_y, x, weight, pre_norm, mean, rstd, scale, shift, ctx.has_bias, *ctx.args))
+    grad_x, grad_weight, grad_bias, grad_scale, grad_shift = backward(
+        grad_y, x, weight, pre_norm, mean, rstd, scale, shift, ctx.has_bias, *ctx.args)
     return (grad_x, grad_weight, grad_bias if ctx.has_bias else None,
             None if scale is None else grad_scale, None if shift is None else grad_shift,
             None, None, None, None, None, None)
@@ -236,32 +254,17 @@ class _DeconvBlockFunction(torch.autograd.Function):
     same backends, same saved tensors, same gradients. Returns (y, mean, rstd)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, scale, shift, geometry, groups, activation,
-                negative_slope, eps, backend):
-        y, pre_norm, mean, rstd = _deconv_block_run(
-            x, weight, bias, scale, shift, geometry, groups, activation, negative_slope, eps,
-            backend)
-        ctx.save_for_backward(x, weight, pre_norm, mean, rstd, scale, shift)
-        ctx.has_bias = bias is not None
-        ctx.args = (geometry, groups, activation, negative_slope, eps, backend)
+    def forward(ctx, *inputs):
+        output = _deconv_block_run(*inputs)
+        _deconv_block_setup_context(ctx, inputs, output)
+        y, _, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
-        ctx.set_materialize_grads(False)
         return y, mean, rstd
 
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_rstd):
-        x, weight, pre_norm, mean, rstd, scale, shift = ctx.saved_tensors
-        if grad_y is None:
-            grad_y = torch.zeros_like(pre_norm)
-        # create_graph=True: the registered backward op, whose own autograd formula refuses
-        # a second derivative with the error the op path gives
-        run = (torch.ops.fastvae.deconv_block_backward if torch.is_grad_enabled()
-               else _deconv_block_backward_run)
-        grad_x, grad_weight, grad_bias, grad_scale, grad_shift = run(
-            grad_y, x, weight, pre_norm, mean, rstd, scale, shift, ctx.has_bias, *ctx.args)
-        return (grad_x, grad_weight, grad_bias if ctx.has_bias else None,
-                None if scale is None else grad_scale, None if shift is None else grad_shift,
-                None, None, None, None, None, None)
+        return _deconv_block_grads(ctx, grad_y, _function_backward(
+            torch.ops.fastvae.deconv_block_backward, _deconv_block_backward_run))
 
 
 # ------------------------------------------------------------------ no second derivative

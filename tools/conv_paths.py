@@ -59,6 +59,18 @@ def runner(layer, fmt, path):
     return run
 
 
+def auto_path(layer):
+    """The path `auto` takes for an NCHW x of this layer (the rule in csrc/cpu/conv_plan.cpp)."""
+    forced = os.environ.pop("FASTVAE_CONV_PATH", None)
+    x = torch.empty(layer.n, layer.cin, layer.h, layer.h)
+    weight = torch.empty(layer.cin, layer.cout, layer.kernel, layer.kernel)
+    geometry = [layer.stride] * 2 + [layer.padding] * 2 + [0, 0]
+    path = torch.ops.fastvae._deconv_block_conv_plan(x, weight, geometry)
+    if forced is not None:
+        os.environ["FASTVAE_CONV_PATH"] = forced
+    return path
+
+
 def small_maps(rounds):
     """gemm against nchw and channels_last on 1x1-8x8 inputs; oneDNN's stride-1 bias."""
     worst = float("inf")
@@ -70,8 +82,7 @@ def small_maps(rounds):
             rounds)
         t = {p: min(v) for p, v in times.items()}
         ratio = min(t["nchw"], t["channels_last"]) / t["gemm"]
-        plane = layer.h * layer.h
-        if plane == 1 or (plane <= 16 and layer.n * plane <= 512):  # auto's gemm rule
+        if auto_path(layer) == "gemm":
             worst = min(worst, ratio)
         print(f"{layer.name:34s} " + "  ".join(f"{p}={1e3 * v:8.2f} ms" for p, v in t.items())
               + f"  best other / gemm {ratio:.2f}x", flush=True)

@@ -171,6 +171,22 @@ at::Tensor single_pixel_forward(const at::Tensor& x, const at::Tensor& weight,
   return y.view({n, weight.size(1), weight.size(2), weight.size(3)});
 }
 
+// Its backward: grad_x = grad @ W^T, grad_W = x^T @ grad.
+std::tuple<at::Tensor, at::Tensor> single_pixel_backward(const at::Tensor& grad,
+                                                         const at::Tensor& x,
+                                                         const at::Tensor& weight) {
+  const int64_t n = x.size(0), cin = x.size(1);
+  const at::Tensor g = grad.reshape({n, -1});
+  const at::Tensor xm = x.reshape({n, cin});
+  const at::Tensor grad_x = at::mm(g, weight.reshape({cin, -1}).t()).view({n, cin, 1, 1});
+  return {grad_x, at::mm(xm.t(), g).view(weight.sizes())};
+}
+
+// x (N, Cin, H, W) as the (N*H*W, Cin) matrix of its pixels (a view for channels_last).
+at::Tensor pixel_rows(const at::Tensor& x) {
+  return x.permute({0, 2, 3, 1}).reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
+}
+
 // The transposed convolution of a small map as one product and a col2im: the rows of x
 // (N*H*W, Cin) times the weight (Cin, Cout*kH*kW) give every input pixel's contribution
 // to its kH x kW window of the output, which col2im sums into place (bias added after).
@@ -180,8 +196,7 @@ at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight,
   const int64_t kh = weight.size(2), kw = weight.size(3);
   const int64_t ho = (h - 1) * geo.v[0] - 2 * geo.v[2] + kh + geo.v[4];
   const int64_t wo = (w - 1) * geo.v[1] - 2 * geo.v[3] + kw + geo.v[5];
-  const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({n * h * w, cin});
-  const at::Tensor cols = at::mm(rows, weight.reshape({cin, -1}))
+  const at::Tensor cols = at::mm(pixel_rows(x), weight.reshape({cin, -1}))
                               .view({n, h * w, -1})
                               .transpose(1, 2);  // (N, Cout*kH*kW, H*W)
   at::Tensor y = at::col2im(cols, {ho, wo}, {kh, kw}, {1, 1}, geo.padding(), geo.stride());
@@ -203,20 +218,8 @@ std::tuple<at::Tensor, at::Tensor> small_map_backward(const at::Tensor& grad,
   const at::Tensor wm = weight.reshape({cin, -1});
   const at::Tensor grad_x =
       at::mm(windows, wm.t()).view({n, h, w, cin}).permute({0, 3, 1, 2});  // channels_last
-  const at::Tensor rows = x.permute({0, 2, 3, 1}).reshape({n * h * w, cin});
-  const at::Tensor grad_weight = at::mm(rows.t(), windows).view(weight.sizes());
+  const at::Tensor grad_weight = at::mm(pixel_rows(x).t(), windows).view(weight.sizes());
   return {grad_x, grad_weight};
-}
-
-// Its backward: grad_x = grad @ W^T, grad_W = x^T @ grad.
-std::tuple<at::Tensor, at::Tensor> single_pixel_backward(const at::Tensor& grad,
-                                                         const at::Tensor& x,
-                                                         const at::Tensor& weight) {
-  const int64_t n = x.size(0), cin = x.size(1);
-  const at::Tensor g = grad.reshape({n, -1});
-  const at::Tensor xm = x.reshape({n, cin});
-  const at::Tensor grad_x = at::mm(g, weight.reshape({cin, -1}).t()).view({n, cin, 1, 1});
-  return {grad_x, at::mm(xm.t(), g).view(weight.sizes())};
 }
 
 at::MemoryFormat format_of(const at::Tensor& x) {
@@ -447,18 +450,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   const bool upcast = conv_in_float(x.scalar_type(), plan);
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
-  // oneDNN adds a stride-1 transposed convolution's bias to an NCHW output in a reference
-  // loop, 1-2 ns an output element (DCGAN's 100->512 k4s1p0 layer, batch 64: 2.28 ms with
-  // the bias, 1.42 without it plus at::add_); with stride 2, or channels_last, it costs
-  // nothing measurable (tools/conv_paths.py --bias prints the table)
-  const bool bias_after = b.has_value() && b->defined() && !plan.channels_last &&
-                          geo.v[0] == 1 && geo.v[1] == 1;
   at::Tensor conv;
   if (plan.gemm) {
     const at::Tensor xc = conv_activation(x, upcast, plan), wc = conv_operand(weight, upcast);
     conv = geo.single_pixel(x) ? single_pixel_forward(xc, wc, b)
-                                       : small_map_forward(xc, wc, b, geo);
+                               : small_map_forward(xc, wc, b, geo);
   } else {
+    // oneDNN adds a stride-1 transposed convolution's bias to an NCHW output in a reference
+    // loop, 1-2 ns an output element (DCGAN's 100->512 k4s1p0 layer, batch 64: 2.28 ms with
+    // the bias, 1.42 without it plus at::add_); with stride 2, or channels_last, it costs
+    // nothing measurable (tools/conv_paths.py --small-maps prints the comparison)
+    const bool bias_after = b.has_value() && b->defined() && !plan.channels_last &&
+                            geo.v[0] == 1 && geo.v[1] == 1;
     conv = at::conv_transpose2d(conv_activation(x, upcast, plan), conv_operand(weight, upcast),
                                 bias_after ? c10::optional<at::Tensor>() : b, geo.stride(),
                                 geo.padding(), geo.output_padding());
