@@ -12,7 +12,7 @@ from fastvae.reference import K4S2P1
 pytestmark = [*(p.marks[0] for p in backend_params("deconv_block") if p.id == "native"),
               pytest.mark.usefixtures("every_cpu_capability")]  # each native CPU build
 
-PATHS = ("nchw", "channels_last", "winograd", "gemm")
+PATHS = ("nchw", "channels_last", "winograd", "winograd_forward", "winograd_backward", "gemm")
 LAYOUTS = ("contiguous", "channels_last", "strided")
 
 
@@ -36,8 +36,8 @@ def test_forced_paths_are_named(path, monkeypatch):
     monkeypatch.setenv("FASTVAE_CONV_PATH", path)
     for layout in LAYOUTS:
         assert plan(layout_of(torch.randn(2, 6, 5, 3), layout)) == path
-    # Winograd is the 4x4 stride-2 padding-1 float32/float64 backward only
-    expected = "channels_last" if path == "winograd" else path
+    # Winograd is for 4x4 stride-2 padding-1 float32/float64 blocks only
+    expected = "channels_last" if path.startswith("winograd") else path
     assert plan(torch.randn(2, 6, 5, 3), kernel=3, geometry=[2, 2, 1, 1, 1, 1]) == expected
 
 
@@ -60,7 +60,9 @@ def test_auto_takes_every_path(monkeypatch):
             assert plan(x, cout=c) == "gemm"  # small maps: matrix products
         elif hw == 4:
             assert plan(x, cout=c) != "gemm"  # 4x4 at batch 64: oneDNN ties or wins
-    assert taken == set(PATHS)
+    # the 2026-12-04 table never prefers the Winograd backward without its forward (where
+    # the backward wins, so does the forward); the path stays forceable for the tool
+    assert taken == set(PATHS) - {"winograd_backward"}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

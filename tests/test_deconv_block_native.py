@@ -115,17 +115,22 @@ def test_odd_shapes(n, cin, cout, h, w, groups, layout):
 
 
 @pytest.mark.parametrize("n, cin, cout, h, w", [
-    (3, 7, 6, 11, 30),   # one task per sample
+    (3, 7, 6, 11, 30),   # one backward task per sample; the forward's tiles shared by phases
     (2, 5, 6, 41, 30),   # 3 tasks of 7 tile rows per sample: the rows between tasks (halos)
     (1, 3, 2, 2, 300),   # a tile row longer than a task: one row per task
     (2, 2, 3, 1, 1),     # one pixel: every tile but one output is past the edge
+    (3, 5, 64, 7, 9),    # Cout 64: the forward's tiles per phase, odd sizes past the edge
+    (5, 3, 66, 12, 10),  # 150 tiles a phase: forward tasks across samples
 ])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
-def test_channels_last_weight_gradients(weight_layout, n, cin, cout, h, w):
-    """The channels_last Winograd backward (csrc/cpu/conv_transpose_nhwc.cpp) in float64
-    against the reference, over tile and task edges; grad_weight keeps weight's layout."""
+def test_winograd_over_tile_edges(weight_layout, n, cin, cout, h, w, monkeypatch):
+    """The channels_last Winograd forward and backward (csrc/cpu/conv_transpose_nhwc.cpp) in
+    float64 against the reference, over tile and task edges; grad_weight keeps weight's
+    layout."""
+    monkeypatch.setenv("FASTVAE_CONV_PATH", "winograd")
     x, weight, bias, kwargs = make_args(n=n, cin=cin, cout=cout, h=h, w=w, groups=cout // 2 or 1,
                                         dtype=torch.float64, layout="channels_last")
+    assert torch.ops.fastvae._deconv_block_conv_plan(x, weight, K4S2P1) == "winograd"
     if weight_layout == "channels_last":
         weight = weight.contiguous(memory_format=torch.channels_last)
     grad_y = torch.randn(n, cout, 2 * h, 2 * w, dtype=torch.float64)

@@ -3,17 +3,18 @@
     .venv/bin/python tools/conv_paths.py [--rounds 7] [--write]
     .venv/bin/python tools/conv_paths.py --small-maps [--rounds 7]
 
-For every 4x4 stride-2 layer of bench/bench_shapes.py (the layers the Winograd backward can
-take) and both layouts of x, times one native forward + backward under each path of
-csrc/cpu/conv_plan.h (FASTVAE_CONV_PATH = nchw, channels_last, winograd), interleaved,
-least of --rounds. The rule `auto` follows: Winograd where x holds at least Tw pixels
-(N*H*W) and both channel counts are at least Tm, else channels_last where a sample has at
-least Tc pixels (H*W), else NCHW. (Tw, Tm, Tc) is chosen per layout of x, from the measured
-pixel and channel counts, to minimise the
-summed slowdown of auto's choice against the best path over the layers. --write puts them
-and the table they came from into csrc/cpu/conv_plan_table.h (rebuild the extension after).
-The norm and activation are left out (norm "none"): they run the same fused epilogue
-whatever the conv path.
+For every 4x4 stride-2 layer of bench/bench_shapes.py (the layers Winograd can take) and
+both layouts of x, times one native forward + backward under each path of
+csrc/cpu/conv_plan.h (FASTVAE_CONV_PATH = nchw, channels_last, winograd, winograd_forward,
+winograd_backward), interleaved, least of --rounds. The rule `auto` follows: the forward by
+Winograd where x holds at least Tf pixels (N*H*W) and both channel counts are at least
+Tmf, the backward likewise with (Tb, Tmb), the other direction in channels_last; with no
+Winograd, channels_last where a sample has at least Tc pixels (H*W), else NCHW.
+(Tf, Tmf, Tb, Tmb, Tc) is chosen per layout of x, from the measured pixel and channel
+counts, to minimise the summed slowdown of auto's choice against the best path over the
+layers. --write puts them and the table they came from into csrc/cpu/conv_plan_table.h
+(rebuild the extension after). The norm and activation are left out (norm "none"): they
+run the same fused epilogue whatever the conv path.
 
 --small-maps times the gemm path against the others on the layers of the sweep with inputs
 of 1x1 to 8x8 (DCGAN's first two, the U-Net's innermost, the GN decoder's first): auto takes
@@ -23,6 +24,7 @@ rule rests on, and the price of oneDNN's bias on a stride-1 transposed
 convolution (which the native op adds itself, after the convolution, in NCHW).
 """
 import argparse
+import itertools
 import datetime
 import os
 import sys
@@ -38,7 +40,7 @@ from bench_shapes import LAYERS  # noqa: E402
 from fastvae.backends import cpu_description  # noqa: E402
 from roofline import interleaved_seconds  # noqa: E402
 
-PATHS = ("nchw", "channels_last", "winograd")
+PATHS = ("nchw", "channels_last", "winograd", "winograd_forward", "winograd_backward")
 TABLE = ROOT / "csrc" / "cpu" / "conv_plan_table.h"
 
 
@@ -102,11 +104,11 @@ def small_maps(rounds):
 
 
 def measure(rounds):
-    """[(layer, layout, {path: seconds})] for every k4s2p1 layer and layout."""
+    """[(layer, layout, {path: seconds})] for every k4s2p1 layer off the gemm path, per layout."""
     rows = []
     for layer in LAYERS.values():
-        if (layer.kernel, layer.stride, layer.padding) != (4, 2, 1):
-            continue
+        if (layer.kernel, layer.stride, layer.padding) != (4, 2, 1) or auto_path(layer) == "gemm":
+            continue  # not Winograd's geometry, or a small map on the gemm path
         for layout, fmt in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
             times = interleaved_seconds({p: runner(layer, fmt, p) for p in PATHS}, rounds)
             rows.append((layer, layout, {p: min(t) for p, t in times.items()}))
@@ -129,16 +131,18 @@ def channels(layer):
 
 
 def choice(layer, thresholds):
-    """auto's path for `layer` under (Tw, Tm, Tc), as csrc/cpu/conv_plan.cpp decides it."""
-    tw, tm, tc = thresholds
-    if pixels(layer) >= tw and channels(layer) >= tm:
-        return "winograd"
+    """auto's path for `layer` under (Tf, Tmf, Tb, Tmb, Tc), as csrc/cpu/conv_plan.cpp decides."""
+    tf, tmf, tb, tmb, tc = thresholds
+    fwd = pixels(layer) >= tf and channels(layer) >= tmf
+    bwd = pixels(layer) >= tb and channels(layer) >= tmb
+    if fwd or bwd:
+        return "winograd" if fwd and bwd else "winograd_forward" if fwd else "winograd_backward"
     return "channels_last" if plane(layer) >= tc else "nchw"
 
 
 def best_thresholds(rows):
-    """The (Tw, Tm, Tc) minimising the summed slowdown (auto's choice / the best path)
-    over the rows; ties go to the smallest thresholds."""
+    """The (Tf, Tmf, Tb, Tmb, Tc) minimising the summed slowdown (auto's choice / the best
+    path) over the rows; ties go to the smallest thresholds."""
     never = 2**62
 
     def candidates(feature):
@@ -146,8 +150,8 @@ def best_thresholds(rows):
 
     def cost(th):
         return sum(t[choice(layer, th)] / min(t.values()) for layer, _, t in rows)
-    grid = ((tw, tm, tc) for tw in candidates(pixels) for tm in candidates(channels)
-            for tc in candidates(plane))
+    grid = itertools.product(candidates(pixels), candidates(channels), candidates(pixels),
+                             candidates(channels), candidates(plane))
     return min(grid, key=lambda th: (cost(th), th))
 
 
@@ -157,13 +161,13 @@ def table_header(rows, thresholds, rounds):
         "// the measurements they were chosen from. Do not edit; rerun the tool.",
         f"// {datetime.date.today()}, {cpu_description()}",
         f"// native fwd+bwd ms, norm none, least of {rounds} interleaved rounds; * = auto's choice",
-        "//   layer                              x     pixels         nchw channels_last   winograd",
+        "//   layer                       x     pixels    nchw channels_last winograd  w_fwd  w_bwd",
     ]
     for row in rows:
         layer, layout, t = row
         chosen = choice(layer, thresholds[layout])
-        cells = [f"{1e3 * t[p]:10.2f}{'*' if p == chosen else ' '}" for p in PATHS]
-        lines.append(f"//   {layer.name:34s} {layout:4s} {pixels(layer):7d} " + "  ".join(cells))
+        cells = [f"{1e3 * t[p]:7.2f}{'*' if p == chosen else ' '}" for p in PATHS]
+        lines.append(f"//   {layer.name:27s} {layout:4s} {pixels(layer):7d} " + " ".join(cells))
     lines += [
         "#pragma once",
         "",
@@ -173,16 +177,19 @@ def table_header(rows, thresholds, rounds):
         "namespace cpu {",
         "namespace plan_table {",
         "",
-        "// The Winograd backward where N*H*W of x is at least winograd_min_pixels and Cin and",
-        "// Cout at least winograd_min_channels; else both convolutions in channels_last where",
-        "// H*W is at least channels_last_min_plane; else NCHW.",
+        "// The Winograd forward where N*H*W of x is at least forward_min_pixels and Cin and Cout",
+        "// at least forward_min_channels, the Winograd backward likewise; channels_last for the",
+        "// other direction. Without Winograd, both convolutions in channels_last where H*W is at",
+        "// least channels_last_min_plane; else NCHW.",
         "struct Thresholds {",
-        "  int64_t winograd_min_pixels;",
-        "  int64_t winograd_min_channels;",
+        "  int64_t forward_min_pixels;",
+        "  int64_t forward_min_channels;",
+        "  int64_t backward_min_pixels;",
+        "  int64_t backward_min_channels;",
         "  int64_t channels_last_min_plane;",
         "};",
-        "constexpr Thresholds kNchwInput{%d, %d, %d};" % thresholds["nchw"],
-        "constexpr Thresholds kChannelsLastInput{%d, %d, %d};" % thresholds["cl"],
+        "constexpr Thresholds kNchwInput{%d, %d, %d, %d, %d};" % thresholds["nchw"],
+        "constexpr Thresholds kChannelsLastInput{%d, %d, %d, %d, %d};" % thresholds["cl"],
         "",
         "}  // namespace plan_table",
         "}  // namespace cpu",
@@ -209,9 +216,9 @@ def main():
     for layout, th in thresholds.items():
         sel = [r for r in rows if r[1] == layout]
         worst = max(t[choice(layer, th)] / min(t.values()) for layer, _, t in sel)
-        print(f"x {layout}: Winograd from {th[0]} pixels (N*H*W) and {th[1]} channels, else "
-              f"channels_last from {th[2]} (H*W); auto's worst slowdown against the best "
-              f"path {worst:.2f}x")
+        print(f"x {layout}: Winograd forward from {th[0]} pixels (N*H*W) and {th[1]} channels, "
+              f"backward from {th[2]} and {th[3]}, else channels_last from {th[4]} (H*W); "
+              f"auto's worst slowdown against the best path {worst:.2f}x")
     text = table_header(rows, thresholds, args.rounds)
     if args.write:
         TABLE.write_text(text)

@@ -27,25 +27,30 @@ ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarTyp
       k4s2p1 && (conv_type == at::kFloat || conv_type == at::kDouble);
   const char* forced = std::getenv("FASTVAE_CONV_PATH");  // read per call: tests switch it
   if (forced != nullptr && *forced != '\0' && std::strcmp(forced, "auto") != 0) {
-    if (std::strcmp(forced, "winograd") == 0) return {true, winograd_ok};
-    if (std::strcmp(forced, "channels_last") == 0) return {true, false};
-    if (std::strcmp(forced, "gemm") == 0) return {x_channels_last, false, true};
+    const bool both = std::strcmp(forced, "winograd") == 0;
+    const bool fwd = both || std::strcmp(forced, "winograd_forward") == 0;
+    const bool bwd = both || std::strcmp(forced, "winograd_backward") == 0;
+    if (fwd || bwd) return {true, fwd && winograd_ok, bwd && winograd_ok};
+    if (std::strcmp(forced, "channels_last") == 0) return {true};
+    if (std::strcmp(forced, "gemm") == 0) return {x_channels_last, false, false, true};
     TORCH_CHECK(std::strcmp(forced, "nchw") == 0,
-                "FASTVAE_CONV_PATH must be auto, gemm, winograd, channels_last or nchw, got ",
-                forced);
-    return {false, false};
+                "FASTVAE_CONV_PATH must be auto, gemm, winograd, winograd_forward, "
+                "winograd_backward, channels_last or nchw, got ", forced);
+    return {false};
   }
-  const int64_t plane = x.size(2) * x.size(3);
-  if (plane == 1 || (plane <= kGemmMaxPlane && x.size(0) * plane <= kGemmMaxPixels)) {
-    return {x_channels_last, false, true};
+  const int64_t plane = x.size(2) * x.size(3), pixels = x.size(0) * plane;
+  if (plane == 1 || (plane <= kGemmMaxPlane && pixels <= kGemmMaxPixels)) {
+    return {x_channels_last, false, false, true};
   }
   const plan_table::Thresholds& t =
       x_channels_last ? plan_table::kChannelsLastInput : plan_table::kNchwInput;
-  if (winograd_ok && x.size(0) * plane >= t.winograd_min_pixels &&
-      std::min(x.size(1), cout) >= t.winograd_min_channels) {
-    return {true, true};
-  }
-  return {plane >= t.channels_last_min_plane, false};
+  const int64_t channels = std::min(x.size(1), cout);
+  const bool fwd = winograd_ok && pixels >= t.forward_min_pixels &&
+                   channels >= t.forward_min_channels;
+  const bool bwd = winograd_ok && pixels >= t.backward_min_pixels &&
+                   channels >= t.backward_min_channels;
+  if (fwd || bwd) return {true, fwd, bwd};
+  return {plane >= t.channels_last_min_plane};
 }
 
 }  // namespace cpu

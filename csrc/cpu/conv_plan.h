@@ -3,29 +3,33 @@
 // (cpu/conv_transpose_nhwc.cpp). The epilogue is fused whatever the plan.
 //
 // Paths (FASTVAE_CONV_PATH forces one, for tests and for tools/conv_paths.py):
-//   nchw           oneDNN's forward and backward in NCHW (layout copies for a channels_last
-//                  x): for an NCHW x, eager PyTorch's convolutions exactly
-//   channels_last  the same in channels_last (copies for an NCHW x)
-//   winograd       channels_last forward, Winograd F(2x2, 2x2) backward: 4x4 stride-2
-//                  padding-1 kernels in float32/float64 only (else channels_last)
-//   gemm           matrix products: a small map's rows (N*H*W, Cin) times the weight
-//                  (Cin, Cout*kH*kW), summed into the output by col2im; backward im2col of
-//                  the gradient and two products. A 1x1 input without padding (DCGAN's
-//                  latent) needs no col2im: output pixel (i, j) is tap (i, j) times the
-//                  input pixel. oneDNN's
-//                  deconvolution runs 1x1-4x4 maps 1.1x-3.2x slower than these products
-//                  (tools/conv_paths.py --small-maps), so auto takes gemm for every 1x1
-//                  input and for maps of at most 16 pixels a sample and 512 in all (N*H*W),
-//                  before the thresholds below (csrc/cpu/conv_plan.cpp has the numbers).
-// "auto" (the default): winograd where x holds at least Tw pixels (N*H*W: the Winograd
-// backward's fixed costs, the weight transforms and one grad_W partial per thread, are
-// O(Cin*Cout) while its savings grow with the pixels) and Cin, Cout >= Tm (its GEMMs have
-// K or N of a channel count: 64->3 runs them at a fraction of the BLAS rate); else
-// channels_last where a sample
-// has at least Tc pixels (H*W: oneDNN's channels_last kernels lose to its NCHW ones on
-// 1x1-4x4 maps of many channels, and win on large maps), else nchw. Tw and Tc, one pair per
-// layout of x (the copies are part of the cost), are chosen by tools/conv_paths.py from
-// measured layers; csrc/cpu/conv_plan_table.h holds them with the measurements.
+//   nchw               oneDNN's forward and backward in NCHW (layout copies for a
+//                      channels_last x): for an NCHW x, eager PyTorch's convolutions exactly
+//   channels_last      the same in channels_last (copies for an NCHW x)
+//   winograd           channels_last, forward and backward by Winograd F(2x2, 2x2)
+//                      (cpu/conv_transpose_nhwc.cpp): 4x4 stride-2 padding-1 kernels in
+//                      float32/float64 only (else channels_last)
+//   winograd_forward   the Winograd forward, oneDNN's channels_last backward
+//   winograd_backward  oneDNN's channels_last forward, the Winograd backward
+//   gemm               matrix products: a small map's rows (N*H*W, Cin) times the weight
+//                      (Cin, Cout*kH*kW), summed into the output by col2im; backward
+//                      im2col of the gradient and two products. A 1x1 input without
+//                      padding (DCGAN's latent) needs no col2im: output pixel (i, j) is tap
+//                      (i, j) times the input pixel. oneDNN's deconvolution runs 1x1-4x4
+//                      maps 1.1x-3.2x slower than these products (tools/conv_paths.py
+//                      --small-maps), so auto takes gemm for every 1x1 input and for maps of
+//                      at most 16 pixels a sample and 512 in all (N*H*W), before the
+//                      thresholds below (csrc/cpu/conv_plan.cpp has the numbers).
+// "auto" (the default): each direction by Winograd where x holds at least Tf (forward) or
+// Tb (backward) pixels (N*H*W: the fixed costs, weight transforms and a weight gradient
+// partial per thread, are O(Cin*Cout) while the savings grow with the pixels) and Cin,
+// Cout >= Tmf or Tmb (the GEMMs have K or N of a channel count: few channels run them at a
+// fraction of the BLAS rate); the other direction, if any, in channels_last. With no
+// Winograd: channels_last where a sample has at least Tc pixels (H*W: oneDNN's
+// channels_last kernels lose to its NCHW ones on small maps of many channels and win on
+// large maps), else nchw. The thresholds, one set per layout of x (the copies are part of
+// the cost), are chosen by tools/conv_paths.py from measured layers;
+// csrc/cpu/conv_plan_table.h holds them with the measurements.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -34,11 +38,15 @@ namespace fastvae {
 namespace cpu {
 
 struct ConvPlan {
-  bool channels_last;  // both convolutions in channels_last (else NCHW; gemm: x's layout)
-  bool winograd;       // the backward by Winograd (implies channels_last)
-  bool gemm = false;   // forward and backward as matrix products (small maps)
+  bool channels_last;              // convolutions in channels_last (else NCHW; gemm: x's)
+  bool winograd_forward = false;   // the forward by Winograd (implies channels_last)
+  bool winograd_backward = false;  // the backward by Winograd (implies channels_last)
+  bool gemm = false;               // forward and backward as matrix products (small maps)
   const char* name() const {
-    return gemm ? "gemm" : winograd ? "winograd" : channels_last ? "channels_last" : "nchw";
+    if (gemm) return "gemm";
+    if (winograd_forward) return winograd_backward ? "winograd" : "winograd_forward";
+    if (winograd_backward) return "winograd_backward";
+    return channels_last ? "channels_last" : "nchw";
   }
 };
 

@@ -1,5 +1,5 @@
-// The backward of conv_transpose2d(kernel 4, stride 2, padding 1) on channels_last tensors
-// by Winograd's F(2x2, 2x2) over the four output phases (see the header for why).
+// conv_transpose2d(kernel 4, stride 2, padding 1) on channels_last tensors, forward and
+// backward, by Winograd's F(2x2, 2x2) over the four output phases (see the header for why).
 //
 // Along one axis, output 2m is x[m-1] w3 + x[m] w1 and output 2m+1 is x[m] w2 + x[m+1] w0:
 // each output phase is a 2-tap filter of x. Tile t reads d = x[2t-1], x[2t], x[2t+1] and
@@ -44,7 +44,13 @@ namespace fastvae::cpu::CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kPoints = 9;        // transform points per tile (3 x 3)
-constexpr int64_t kTaskTiles = 128;   // tiles per task, about (whole tile rows; measured 40-256)
+constexpr int64_t kTaskTiles = 128;   // tiles per backward task, about (whole tile rows; measured 40-256)
+// Forward tasks: at most kForwardTiles tiles (measured 64-256 on 128->64 and 512->256
+// layers: 128 within noise of the best); a phase's own tiles from Cout >= kPhasedMinChannels
+// (at 64->3@32 the shared tiles ran 2.1x oneDNN and per-phase 0.43x; 128->64@16 per-phase
+// 1.17x, shared 1.05x; 64 channels a tie, see forward()).
+constexpr int64_t kForwardTiles = 128;
+constexpr int64_t kPhasedMinChannels = 64;
 
 // Row-major C (m x n, ldc) = op(A) op(B) + beta C, op(X) = X or X^T as stored. Column-major
 // BLAS sees C^T = op(B)^T op(A)^T.
@@ -131,10 +137,12 @@ void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
   });
 }
 
-// Task geometry: tasks of `rows` tile rows of one sample, `tx` tiles a row.
+// Task geometry: `ty` x `tx` tiles a sample of n x h x w; backward tasks of `rows` tile
+// rows of one sample.
 struct Tiles {
   int64_t n, h, w, ty, tx, rows, blocks;  // blocks: tasks per sample
-  Tiles(int64_t n_, int64_t h_, int64_t w_) : n(n_), h(h_), w(w_), ty(h_ / 2 + 1), tx(w_ / 2 + 1) {
+  Tiles(int64_t n_, int64_t h_, int64_t w_, int64_t ty_, int64_t tx_)
+      : n(n_), h(h_), w(w_), ty(ty_), tx(tx_) {
     const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
     const int64_t most = std::max<int64_t>(kTaskTiles / tx, 1);  // rows a task may take
     rows = ceil_div(ty, ceil_div(ty, most));  // evened out over the fewest tasks
@@ -146,38 +154,37 @@ struct Tiles {
   int64_t end_row(int64_t task) const { return std::min(first_row(task) + rows, ty); }
 };
 
-// V[xi][tile][ci] of the task's tiles: B applied to each 3x3 input patch along both axes.
-// `zeros` (ci zeros) stands in for the pixels outside x.
+// V[xi][tile][ci] of tiles first .. end - 1, numbered over (sample, tile row, tile column):
+// B applied to each 3x3 input patch along both axes, tile (ty, tx)'s patch having its
+// corner at input pixel (2 ty - 1 + oy, 2 tx - 1 + ox). `zeros` (ci zeros) stands in for
+// the pixels outside x.
 template <typename T>
-void input_transform(const T* x, const Tiles& g, int64_t ci, int64_t s, int64_t t0, int64_t t1,
-                     const T* zeros, T* v) {
-  const int64_t tiles = (t1 - t0) * g.tx;
-  int64_t tile = 0;
-  for (int64_t ty = t0; ty < t1; ++ty) {
-    for (int64_t tx = 0; tx < g.tx; ++tx, ++tile) {
-      const T* d[3][3];
-      for (int64_t a = 0; a < 3; ++a) {
-        for (int64_t b = 0; b < 3; ++b) {
-          const int64_t iy = 2 * ty - 1 + a, ix = 2 * tx - 1 + b;
-          const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
-          d[a][b] = inside ? x + ((s * g.h + iy) * g.w + ix) * ci : zeros;
-        }
+void input_transform(const T* x, const Tiles& g, int64_t ci, int64_t first, int64_t end,
+                     int64_t oy, int64_t ox, const T* zeros, T* v) {
+  const int64_t stride = (end - first) * ci;  // between transform points
+  for (int64_t tile = first; tile < end; ++tile) {
+    const int64_t tx = tile % g.tx, ty = tile / g.tx % g.ty, s = tile / (g.tx * g.ty);
+    const T* d[3][3];
+    for (int64_t a = 0; a < 3; ++a) {
+      for (int64_t b = 0; b < 3; ++b) {
+        const int64_t iy = 2 * ty - 1 + oy + a, ix = 2 * tx - 1 + ox + b;
+        const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+        d[a][b] = inside ? x + ((s * g.h + iy) * g.w + ix) * ci : zeros;
       }
-      T* out = v + tile * ci;
-      const int64_t stride = tiles * ci;  // between transform points
+    }
+    T* out = v + (tile - first) * ci;
 #pragma omp simd
-      for (int64_t c = 0; c < ci; ++c) {
-        T e[3][3];  // B along x
-        for (int64_t a = 0; a < 3; ++a) {
-          e[a][0] = d[a][0][c] - d[a][1][c];
-          e[a][1] = d[a][1][c];
-          e[a][2] = d[a][2][c] - d[a][1][c];
-        }
-        for (int64_t b = 0; b < 3; ++b) {  // B along y
-          out[(0 * 3 + b) * stride + c] = e[0][b] - e[1][b];
-          out[(1 * 3 + b) * stride + c] = e[1][b];
-          out[(2 * 3 + b) * stride + c] = e[2][b] - e[1][b];
-        }
+    for (int64_t c = 0; c < ci; ++c) {
+      T e[3][3];  // B along x
+      for (int64_t a = 0; a < 3; ++a) {
+        e[a][0] = d[a][0][c] - d[a][1][c];
+        e[a][1] = d[a][1][c];
+        e[a][2] = d[a][2][c] - d[a][1][c];
+      }
+      for (int64_t b = 0; b < 3; ++b) {  // B along y
+        out[(0 * 3 + b) * stride + c] = e[0][b] - e[1][b];
+        out[(1 * 3 + b) * stride + c] = e[1][b];
+        out[(2 * 3 + b) * stride + c] = e[2][b] - e[1][b];
       }
     }
   }
@@ -222,6 +229,47 @@ void output_adjoint(const T* gout, const Tiles& g, int64_t co, int64_t s, int64_
   }
 }
 
+// The forward's output transform: for phases phase_first .. phase_end - 1 of tiles first ..
+// end - 1, A along x then y of M[xi][tile][phase][co] (y0 = m0 + m1, y1 = m1 + m2) plus
+// the bias, into the phase's 2x2 outputs. Along an axis, phase p's outputs of tile t are
+// 4t - p + 2i on the tiles shared by the phases (they start at output -1) and 4t + p + 2i
+// on a phase's own. `sink` (co values) takes the outputs past the edges.
+template <typename T>
+void output_transform(const T* m, const Tiles& g, int64_t co, int64_t first, int64_t end,
+                      int64_t phase_first, int64_t phase_end, bool shared, const T* bias,
+                      T* sink, T* y) {
+  const int64_t ld = (phase_end - phase_first) * co, stride = (end - first) * ld;
+  const int64_t sign = shared ? -1 : 1;
+  for (int64_t tile = first; tile < end; ++tile) {
+    const int64_t tx = tile % g.tx, ty = tile / g.tx % g.ty, s = tile / (g.tx * g.ty);
+    for (int64_t phase = phase_first; phase < phase_end; ++phase) {
+      const int64_t py = phase / 2, px = phase % 2;
+      T* q[2][2];  // q[i][k]: the phase's F(2, 2) output i along y, k along x
+      for (int64_t i = 0; i < 2; ++i) {
+        for (int64_t k = 0; k < 2; ++k) {
+          const int64_t oy = 4 * ty + 2 * i + sign * py, ox = 4 * tx + 2 * k + sign * px;
+          const bool inside = oy >= 0 && oy < 2 * g.h && ox >= 0 && ox < 2 * g.w;
+          q[i][k] = inside ? y + ((s * 2 * g.h + oy) * 2 * g.w + ox) * co : sink;
+        }
+      }
+      const T* src = m + (tile - first) * ld + (phase - phase_first) * co;
+#pragma omp simd
+      for (int64_t c = 0; c < co; ++c) {
+        T e[3][2];  // A along x
+        for (int64_t a = 0; a < 3; ++a) {
+          const T m1 = src[(a * 3 + 1) * stride + c];
+          e[a][0] = src[(a * 3 + 0) * stride + c] + m1;
+          e[a][1] = m1 + src[(a * 3 + 2) * stride + c];
+        }
+        for (int64_t k = 0; k < 2; ++k) {  // A along y
+          q[0][k][c] = e[0][k] + e[1][k] + bias[c];
+          q[1][k][c] = e[1][k] + e[2][k] + bias[c];
+        }
+      }
+    }
+  }
+}
+
 // B^T of grad_V[xi][tile][ci], added onto acc: the task's input rows 2 t0 - 1 .. 2 t1 - 1,
 // columns -1 .. 2 tx - 1 (offset by one), ci values each.
 template <typename T>
@@ -255,11 +303,55 @@ void input_adjoint(const T* gv, const Tiles& g, int64_t ci, int64_t t0, int64_t 
   }
 }
 
+// y (channels_last) = conv_transpose2d(x, weight) + bias, U the transformed weight, on
+// one of two tilings. Shared: the backward's tiles, one input transform for the four
+// phases and GEMMs of 4 Cout columns, but tiles past the edges (27% more work at 16x16,
+// 56% at 8x8, 125% at 4x4). Per phase: along an axis, phase p's tile t reads inputs
+// 2t - 1 + p .. 2t + 1 + p and makes outputs 4t + p and 4t + 2 + p, so no tile runs past
+// an even edge, for four input transforms and GEMMs of Cout columns; it wins from
+// Cout >= kPhasedMinChannels (see there). Per task and tile group: V = B x, M = V U per
+// transform point, y = A M. A task's tiles run across samples (the forward has no halo),
+// so the GEMMs keep about kForwardTiles rows on small maps too.
+template <typename T>
+void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor& y) {
+  const int64_t ci = x.size(1), co = y.size(1), h = x.size(2), w = x.size(3);
+  const bool shared = co < kPhasedMinChannels;
+  const Tiles g = shared ? Tiles(x.size(0), h, w, h / 2 + 1, w / 2 + 1)
+                         : Tiles(x.size(0), h, w, (h + 1) / 2, (w + 1) / 2);
+  const int64_t groups = shared ? 1 : 4, cols = shared ? 4 * co : co;  // tile groups, GEMM N
+  const int64_t all = g.n * g.ty * g.tx;
+  const int64_t tasks = std::max<int64_t>((all + kForwardTiles - 1) / kForwardTiles,
+                                          std::min<int64_t>(at::get_num_threads(), all));
+  const T* xp = x.data_ptr<T>();
+  const T* up = u.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  const std::vector<T> zeros(ci, T(0));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t most = (all + tasks - 1) / tasks;
+    std::vector<T> v(kPoints * most * ci), m(kPoints * most * cols), sink(co);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = all * task / tasks, last = all * (task + 1) / tasks;
+      const int64_t tiles = last - first;
+      for (int64_t group = 0; group < groups; ++group) {  // shared: all phases; else phase
+        const int64_t py = shared ? 0 : group / 2, px = shared ? 0 : group % 2;
+        input_transform(xp, g, ci, first, last, py, px, zeros.data(), v.data());
+        for (int64_t p = 0; p < kPoints; ++p) {  // U's columns of the group's phases
+          gemm<T>(false, false, tiles, cols, ci, v.data() + p * tiles * ci, ci,
+                  up + p * ci * 4 * co + group * co, 4 * co, T(0),
+                  m.data() + p * tiles * cols, cols);
+        }
+        output_transform(m.data(), g, co, first, last, shared ? 0 : group,
+                         shared ? 4 : group + 1, shared, bias, sink.data(), yp);
+      }
+    }
+  });
+}
+
 template <typename T>
 void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
               at::Tensor& grad_x, at::Tensor& grad_u) {
   const int64_t ci = x.size(1), co = gout.size(1), nu = kPoints * ci * 4 * co;
-  const Tiles g(x.size(0), x.size(2), x.size(3));
+  const Tiles g(x.size(0), x.size(2), x.size(3), x.size(2) / 2 + 1, x.size(3) / 2 + 1);
   const T* gp = gout.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
   const T* up = u.data_ptr<T>();
@@ -283,7 +375,8 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
       for (int64_t task = tasks * slice / slices; task < tasks * (slice + 1) / slices; ++task) {
         const int64_t s = task / g.blocks, t0 = g.first_row(task), t1 = g.end_row(task);
         const int64_t tiles = (t1 - t0) * g.tx;
-        input_transform(xp, g, ci, s, t0, t1, zeros.data(), v.data());
+        input_transform(xp, g, ci, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 0,
+                        zeros.data(), v.data());
         output_adjoint(gp, g, co, s, t0, t1, zeros.data(), gm.data());
         for (int64_t p = 0; p < kPoints; ++p) {
           const T* gmp = gm.data() + p * tiles * 4 * co;
@@ -330,6 +423,24 @@ bool conv_transpose_nhwc_supported(const at::Tensor& x, const at::Tensor& weight
          weight.size(0) == x.size(1) && weight.size(2) == 4 && weight.size(3) == 4 &&
          x.is_contiguous(at::MemoryFormat::ChannelsLast) && x.numel() > 0 &&
          weight.numel() > 0 && 4 * weight.size(1) < (int64_t{1} << 31);  // BLAS ints
+}
+
+at::Tensor conv_transpose_nhwc_forward(const at::Tensor& x, const at::Tensor& weight,
+                                      const c10::optional<at::Tensor>& bias) {
+  RECORD_FUNCTION("fastvae::conv_transpose_nhwc_forward", std::vector<c10::IValue>());
+  const int64_t ci = weight.size(0), co = weight.size(1);
+  const at::Tensor w = weight.contiguous();
+  at::Tensor u = at::empty({kPoints, ci, 4 * co}, weight.options());
+  at::Tensor y = at::empty({x.size(0), co, 2 * x.size(2), 2 * x.size(3)},
+                           x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_forward", [&] {
+    transform_weight(w.data_ptr<scalar_t>(), ci, co, u.data_ptr<scalar_t>());
+    const std::vector<scalar_t> no_bias(has_bias ? 0 : co, scalar_t(0));
+    forward<scalar_t>(x, u, has_bias ? b.data_ptr<scalar_t>() : no_bias.data(), y);
+  });
+  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor& grad_out,

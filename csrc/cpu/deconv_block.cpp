@@ -1,8 +1,9 @@
 // CPU kernels of fastvae::_deconv_block_fwd / _deconv_block_bwd (schemas in csrc/ops.cpp,
 // semantics in fastvae/reference.py).
 //
-// Forward: conv_transpose2d through ATen (oneDNN, bias fused by the conv; in float32 for
-// bfloat16/float16 on CPUs without instructions for them, see conv_in_float), then one
+// Forward: conv_transpose2d through ATen (oneDNN, bias fused by the conv) or the Winograd
+// forward of csrc/cpu/conv_transpose_nhwc.cpp (in float32 for bfloat16/float16 on CPUs
+// without instructions for them, see conv_in_float), then one
 // pass of per-(sample, group) statistics (chunked two-pass moments merged with Chan's
 // formula) and one pass of normalize + affine/AdaIN + activation into y.
 // Backward: one pass recomputing n from pre_norm and the saved statistics that yields
@@ -451,10 +452,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   c10::optional<at::Tensor> b = bias;
   if (b.has_value() && b->defined()) b = conv_operand(*b, upcast);
   at::Tensor conv;
+  const at::Tensor xc = conv_activation(x, upcast, plan), wc = conv_operand(weight, upcast);
   if (plan.gemm) {
-    const at::Tensor xc = conv_activation(x, upcast, plan), wc = conv_operand(weight, upcast);
     conv = geo.single_pixel(x) ? single_pixel_forward(xc, wc, b)
                                : small_map_forward(xc, wc, b, geo);
+  } else if (plan.winograd_forward && conv_transpose_nhwc_supported(xc, wc)) {
+    conv = conv_transpose_nhwc_forward(xc, wc, b);
   } else {
     // oneDNN adds a stride-1 transposed convolution's bias to an NCHW output in a reference
     // loop, 1-2 ns an output element (DCGAN's 100->512 k4s1p0 layer, batch 64: 2.28 ms with
@@ -462,9 +465,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
     // nothing measurable (tools/conv_paths.py --small-maps prints the comparison)
     const bool bias_after = b.has_value() && b->defined() && !plan.channels_last &&
                             geo.v[0] == 1 && geo.v[1] == 1;
-    conv = at::conv_transpose2d(conv_activation(x, upcast, plan), conv_operand(weight, upcast),
-                                bias_after ? c10::optional<at::Tensor>() : b, geo.stride(),
-                                geo.padding(), geo.output_padding());
+    conv = at::conv_transpose2d(xc, wc, bias_after ? c10::optional<at::Tensor>() : b,
+                                geo.stride(), geo.padding(), geo.output_padding());
     if (bias_after) conv.add_(b->view({1, -1, 1, 1}));
   }
   const at::Tensor pre = to_layout(conv, x.scalar_type(), fmt);
@@ -789,7 +791,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
     std::tie(grad_x, grad_weight) = geo.single_pixel(x)
                                         ? single_pixel_backward(ghc, xc, wc)
                                         : small_map_backward(ghc, xc, wc, geo);
-  } else if (plan.winograd && conv_transpose_nhwc_supported(xc, wc)) {
+  } else if (plan.winograd_backward && conv_transpose_nhwc_supported(xc, wc)) {
     std::tie(grad_x, grad_weight) = conv_transpose_nhwc_backward(ghc, xc, wc);
   } else {
     std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
