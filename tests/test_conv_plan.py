@@ -60,9 +60,7 @@ def test_auto_takes_every_path(monkeypatch):
             assert plan(x, cout=c) == "gemm"  # small maps: matrix products
         elif hw == 4:
             assert plan(x, cout=c) != "gemm"  # 4x4 at batch 64: oneDNN ties or wins
-    # the 2026-12-04 table never prefers the Winograd backward without its forward (where
-    # the backward wins, so does the forward); the path stays forceable for the tool
-    assert taken == set(PATHS) - {"winograd_backward"}
+    assert taken == set(PATHS)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -14,10 +14,19 @@
 // backward is its adjoint: Gm = A^T of grad_out, then per point grad_V = Gm U^T (B^T of it
 // is scattered onto grad_x) and grad_U += V^T Gm (G^T of it is grad_weight).
 //
-// Work is split into tasks of a few tile rows of one sample, whose V, Gm and grad_V stay in
-// cache between the transforms and the GEMMs. Tiles cover the output from row -1 in steps
-// of 4, so a row of tiles is H / 2 + 1 long; the products past the edges are wasted (6% of
-// the work at H = W = 64, 27% at 16).
+// Two tilings. Shared tiles (above): one input transform serves the four phases and the
+// GEMMs have 4 Cout columns, but tiles cover the output from row -1 in steps of 4, so a
+// row of tiles is H / 2 + 1 long and the products past the edges are wasted (6% of the
+// work at H = W = 64, 27% at 16, 125% at 4). A phase's own tiles: phase p's tile t reads
+// x[2t - 1 + p] .. x[2t + 1 + p] and makes its outputs 4t + p and 4t + 2 + p, so none runs
+// past an even edge, for an input transform per phase and GEMMs of Cout columns. Layers
+// with Cout >= kPhasedMinChannels take the phases' own tiles, both directions.
+//
+// Backward on shared tiles: tasks of a few tile rows of one sample, whose V, Gm and grad_V
+// stay in cache between the transforms and the GEMMs; grad_x rows between tasks (halos)
+// are added at the end. On a phase's own tiles grad_x is computed as the stride-2
+// convolution it is (backward_phased): 2x2 tiles of grad_x that do not overlap, so tasks
+// run across samples as the forward's do.
 // Built once per CPU capability (cpu/capability.h).
 #include "cpu/capability.h"
 #include "cpu/conv_transpose_nhwc.h"
@@ -44,11 +53,12 @@ namespace fastvae::cpu::CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kPoints = 9;        // transform points per tile (3 x 3)
-constexpr int64_t kTaskTiles = 128;   // tiles per backward task, about (whole tile rows; measured 40-256)
-// Forward tasks: at most kForwardTiles tiles (measured 64-256 on 128->64 and 512->256
-// layers: 128 within noise of the best); a phase's own tiles from Cout >= kPhasedMinChannels
-// (at 64->3@32 the shared tiles ran 2.1x oneDNN and per-phase 0.43x; 128->64@16 per-phase
-// 1.17x, shared 1.05x; 64 channels a tie, see forward()).
+constexpr int64_t kTaskTiles = 128;   // tiles per shared-tile backward task, about (whole
+                                      // tile rows; measured 40-256)
+// Tasks across samples (forward, backward_phased): at most kForwardTiles tiles (forward,
+// measured 64-256 on 128->64 and 512->256 layers: 128 within noise of the best). A phase's
+// own tiles from Cout >= kPhasedMinChannels (forward at 64->3@32: shared tiles 2.1x
+// oneDNN, per-phase 0.43x; 128->64@16: per-phase 1.17x, shared 1.05x; 64 channels a tie).
 constexpr int64_t kForwardTiles = 128;
 constexpr int64_t kPhasedMinChannels = 64;
 
@@ -154,119 +164,183 @@ struct Tiles {
   int64_t end_row(int64_t task) const { return std::min(first_row(task) + rows, ty); }
 };
 
-// V[xi][tile][ci] of tiles first .. end - 1, numbered over (sample, tile row, tile column):
-// B applied to each 3x3 input patch along both axes, tile (ty, tx)'s patch having its
-// corner at input pixel (2 ty - 1 + oy, 2 tx - 1 + ox). `zeros` (ci zeros) stands in for
-// the pixels outside x.
+// Tile (ty, tx, sample s) of tile number `tile`, tiles numbered over (sample, row, column).
+struct Tile {
+  int64_t s, ty, tx;
+  Tile(const Tiles& g, int64_t tile)
+      : s(tile / (g.tx * g.ty)), ty(tile / g.tx % g.ty), tx(tile % g.tx) {}
+};
+
+// B along x then y of one 3x3 patch (d[a][b]: n values each) into out[(a * 3 + b) * stride].
 template <typename T>
-void input_transform(const T* x, const Tiles& g, int64_t ci, int64_t first, int64_t end,
-                     int64_t oy, int64_t ox, const T* zeros, T* v) {
-  const int64_t stride = (end - first) * ci;  // between transform points
-  for (int64_t tile = first; tile < end; ++tile) {
-    const int64_t tx = tile % g.tx, ty = tile / g.tx % g.ty, s = tile / (g.tx * g.ty);
-    const T* d[3][3];
-    for (int64_t a = 0; a < 3; ++a) {
-      for (int64_t b = 0; b < 3; ++b) {
-        const int64_t iy = 2 * ty - 1 + oy + a, ix = 2 * tx - 1 + ox + b;
-        const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
-        d[a][b] = inside ? x + ((s * g.h + iy) * g.w + ix) * ci : zeros;
-      }
-    }
-    T* out = v + (tile - first) * ci;
+inline void patch_transform(const T* const (&d)[3][3], int64_t n, int64_t stride, T* out) {
 #pragma omp simd
-    for (int64_t c = 0; c < ci; ++c) {
-      T e[3][3];  // B along x
-      for (int64_t a = 0; a < 3; ++a) {
-        e[a][0] = d[a][0][c] - d[a][1][c];
-        e[a][1] = d[a][1][c];
-        e[a][2] = d[a][2][c] - d[a][1][c];
-      }
-      for (int64_t b = 0; b < 3; ++b) {  // B along y
-        out[(0 * 3 + b) * stride + c] = e[0][b] - e[1][b];
-        out[(1 * 3 + b) * stride + c] = e[1][b];
-        out[(2 * 3 + b) * stride + c] = e[2][b] - e[1][b];
-      }
+  for (int64_t c = 0; c < n; ++c) {
+    T e[3][3];  // B along x
+    for (int64_t a = 0; a < 3; ++a) {
+      e[a][0] = d[a][0][c] - d[a][1][c];
+      e[a][1] = d[a][1][c];
+      e[a][2] = d[a][2][c] - d[a][1][c];
+    }
+    for (int64_t b = 0; b < 3; ++b) {  // B along y
+      out[(0 * 3 + b) * stride + c] = e[0][b] - e[1][b];
+      out[(1 * 3 + b) * stride + c] = e[1][b];
+      out[(2 * 3 + b) * stride + c] = e[2][b] - e[1][b];
     }
   }
 }
 
-// Gm[xi][tile][(py, px, co)] = A^T of the task's 4x4 patches of grad_out (zeros outside).
+// A along x then y of one tile's 3x3 points (src[(a * 3 + b) * stride]: n values each,
+// y0 = m0 + m1, y1 = m1 + m2), plus the bias, into its 2x2 outputs q[i][k].
 template <typename T>
-void output_adjoint(const T* gout, const Tiles& g, int64_t co, int64_t s, int64_t t0, int64_t t1,
-                    const T* zeros, T* gm) {
-  const int64_t tiles = (t1 - t0) * g.tx, ld = 4 * co, stride = tiles * ld;
-  int64_t tile = 0;
-  for (int64_t ty = t0; ty < t1; ++ty) {
-    for (int64_t tx = 0; tx < g.tx; ++tx, ++tile) {
-      for (int64_t py = 0; py < 2; ++py) {
-        for (int64_t px = 0; px < 2; ++px) {
-          const T* q[2][2];  // q[i][k]: the phase's F(2, 2) output i along y, k along x
-          for (int64_t i = 0; i < 2; ++i) {
-            for (int64_t k = 0; k < 2; ++k) {
-              const int64_t oy = 4 * ty - 1 + 2 * i + 1 - py, ox = 4 * tx - 1 + 2 * k + 1 - px;
-              const bool inside = oy >= 0 && oy < 2 * g.h && ox >= 0 && ox < 2 * g.w;
-              q[i][k] = inside ? gout + ((s * 2 * g.h + oy) * 2 * g.w + ox) * co : zeros;
-            }
-          }
-          T* dst = gm + tile * ld + (py * 2 + px) * co;
+inline void tile_output(const T* src, int64_t n, int64_t stride, const T* bias,
+                        T* const (&q)[2][2]) {
 #pragma omp simd
-          for (int64_t c = 0; c < co; ++c) {
-            T e[2][3];  // A^T along x: (q0, q0 + q1, q1)
-            for (int64_t i = 0; i < 2; ++i) {
-              e[i][0] = q[i][0][c];
-              e[i][1] = q[i][0][c] + q[i][1][c];
-              e[i][2] = q[i][1][c];
-            }
-            for (int64_t b = 0; b < 3; ++b) {  // A^T along y
-              dst[(0 * 3 + b) * stride + c] = e[0][b];
-              dst[(1 * 3 + b) * stride + c] = e[0][b] + e[1][b];
-              dst[(2 * 3 + b) * stride + c] = e[1][b];
-            }
-          }
+  for (int64_t c = 0; c < n; ++c) {
+    T e[3][2];  // A along x
+    for (int64_t a = 0; a < 3; ++a) {
+      const T m1 = src[(a * 3 + 1) * stride + c];
+      e[a][0] = src[(a * 3 + 0) * stride + c] + m1;
+      e[a][1] = m1 + src[(a * 3 + 2) * stride + c];
+    }
+    for (int64_t k = 0; k < 2; ++k) {  // A along y
+      q[0][k][c] = e[0][k] + e[1][k] + bias[c];
+      q[1][k][c] = e[1][k] + e[2][k] + bias[c];
+    }
+  }
+}
+
+// Pixel (iy, ix) of sample s of an h x w channels_last map of n channels, or `outside`.
+template <typename T>
+inline T* pixel(T* map, int64_t s, int64_t iy, int64_t ix, int64_t h, int64_t w, int64_t n,
+                T* outside) {
+  const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+  return inside ? map + ((s * h + iy) * w + ix) * n : outside;
+}
+
+// V[xi][tile][ci] of tiles first .. end - 1: B of each 3x3 input patch, tile (ty, tx)'s
+// patch having its corner at input pixel (2 ty - 1 + oy, 2 tx - 1 + ox). `zeros` (ci
+// zeros) stands in for the pixels outside x.
+template <typename T>
+void input_transform(const T* x, const Tiles& g, int64_t ci, int64_t first, int64_t end,
+                     int64_t oy, int64_t ox, const T* zeros, T* v) {
+  for (int64_t tile = first; tile < end; ++tile) {
+    const Tile t(g, tile);
+    const T* d[3][3];
+    for (int64_t a = 0; a < 3; ++a) {
+      for (int64_t b = 0; b < 3; ++b) {
+        d[a][b] = pixel(x, t.s, 2 * t.ty - 1 + oy + a, 2 * t.tx - 1 + ox + b, g.h, g.w, ci, zeros);
+      }
+    }
+    patch_transform(d, ci, (end - first) * ci, v + (tile - first) * ci);
+  }
+}
+
+// Along an axis, phase p's F(2, 2) outputs of tile t are 4t - p + 2i on the tiles shared
+// by the phases (they start at output -1) and 4t + p + 2i on a phase's own.
+inline int64_t phase_output(int64_t t, int64_t p, int64_t i, bool shared) {
+  return 4 * t + 2 * i + (shared ? -p : p);
+}
+
+// Gm[xi][tile][phase][co] = A^T of the 2x2 outputs of phases phase_first .. phase_end - 1
+// of tiles first .. end - 1 in grad_out (zeros outside): A^T = (q0, q0 + q1, q1) per axis.
+template <typename T>
+void output_adjoint(const T* gout, const Tiles& g, int64_t co, int64_t first, int64_t end,
+                    int64_t phase_first, int64_t phase_end, bool shared, const T* zeros,
+                    T* gm) {
+  const int64_t ld = (phase_end - phase_first) * co, stride = (end - first) * ld;
+  for (int64_t tile = first; tile < end; ++tile) {
+    const Tile t(g, tile);
+    for (int64_t phase = phase_first; phase < phase_end; ++phase) {
+      const int64_t py = phase / 2, px = phase % 2;
+      const T* q[2][2];  // q[i][k]: the phase's F(2, 2) output i along y, k along x
+      for (int64_t i = 0; i < 2; ++i) {
+        for (int64_t k = 0; k < 2; ++k) {
+          q[i][k] = pixel(gout, t.s, phase_output(t.ty, py, i, shared),
+                          phase_output(t.tx, px, k, shared), 2 * g.h, 2 * g.w, co, zeros);
+        }
+      }
+      T* dst = gm + (tile - first) * ld + (phase - phase_first) * co;
+#pragma omp simd
+      for (int64_t c = 0; c < co; ++c) {
+        T e[2][3];  // A^T along x
+        for (int64_t i = 0; i < 2; ++i) {
+          e[i][0] = q[i][0][c];
+          e[i][1] = q[i][0][c] + q[i][1][c];
+          e[i][2] = q[i][1][c];
+        }
+        for (int64_t b = 0; b < 3; ++b) {  // A^T along y
+          dst[(0 * 3 + b) * stride + c] = e[0][b];
+          dst[(1 * 3 + b) * stride + c] = e[0][b] + e[1][b];
+          dst[(2 * 3 + b) * stride + c] = e[1][b];
         }
       }
     }
   }
 }
 
-// The forward's output transform: for phases phase_first .. phase_end - 1 of tiles first ..
-// end - 1, A along x then y of M[xi][tile][phase][co] (y0 = m0 + m1, y1 = m1 + m2) plus
-// the bias, into the phase's 2x2 outputs. Along an axis, phase p's outputs of tile t are
-// 4t - p + 2i on the tiles shared by the phases (they start at output -1) and 4t + p + 2i
-// on a phase's own. `sink` (co values) takes the outputs past the edges.
+// The forward's output transform: A of M[xi][tile][phase][co] for phases phase_first ..
+// phase_end - 1 of tiles first .. end - 1, plus the bias, into the phases' 2x2 outputs
+// (phase_output). `sink` (co values) takes the outputs past the edges.
 template <typename T>
 void output_transform(const T* m, const Tiles& g, int64_t co, int64_t first, int64_t end,
                       int64_t phase_first, int64_t phase_end, bool shared, const T* bias,
                       T* sink, T* y) {
   const int64_t ld = (phase_end - phase_first) * co, stride = (end - first) * ld;
-  const int64_t sign = shared ? -1 : 1;
   for (int64_t tile = first; tile < end; ++tile) {
-    const int64_t tx = tile % g.tx, ty = tile / g.tx % g.ty, s = tile / (g.tx * g.ty);
+    const Tile t(g, tile);
     for (int64_t phase = phase_first; phase < phase_end; ++phase) {
       const int64_t py = phase / 2, px = phase % 2;
-      T* q[2][2];  // q[i][k]: the phase's F(2, 2) output i along y, k along x
+      T* q[2][2];
       for (int64_t i = 0; i < 2; ++i) {
         for (int64_t k = 0; k < 2; ++k) {
-          const int64_t oy = 4 * ty + 2 * i + sign * py, ox = 4 * tx + 2 * k + sign * px;
-          const bool inside = oy >= 0 && oy < 2 * g.h && ox >= 0 && ox < 2 * g.w;
-          q[i][k] = inside ? y + ((s * 2 * g.h + oy) * 2 * g.w + ox) * co : sink;
+          q[i][k] = pixel(y, t.s, phase_output(t.ty, py, i, shared),
+                          phase_output(t.tx, px, k, shared), 2 * g.h, 2 * g.w, co, sink);
         }
       }
-      const T* src = m + (tile - first) * ld + (phase - phase_first) * co;
-#pragma omp simd
-      for (int64_t c = 0; c < co; ++c) {
-        T e[3][2];  // A along x
-        for (int64_t a = 0; a < 3; ++a) {
-          const T m1 = src[(a * 3 + 1) * stride + c];
-          e[a][0] = src[(a * 3 + 0) * stride + c] + m1;
-          e[a][1] = m1 + src[(a * 3 + 2) * stride + c];
+      tile_output(m + (tile - first) * ld + (phase - phase_first) * co, co, stride, bias, q);
+    }
+  }
+}
+
+// The per-phase backward's grad_x operand. grad_x is a stride-2 convolution of grad_out:
+// along an axis, grad_x[m] = g[2m] w1 + g[2m + 2] w3 + g[2m - 1] w0 + g[2m + 1] w2, for
+// each phase p an F(2, 2) over g's rows of that parity, with the phase's filter transform
+// reversed (point xi <-> 2 - xi: U's point 8 - xi in 2-D). Tile t makes grad_x[2t], [2t+1]
+// from rows 4t + 2a - p, a = 0, 1, 2. Vg[xi][tile][phase][co] = B of those patches.
+template <typename T>
+void gradient_transform(const T* gout, const Tiles& g, int64_t co, int64_t first, int64_t end,
+                        const T* zeros, T* vg) {
+  const int64_t ld = 4 * co, stride = (end - first) * ld;
+  for (int64_t tile = first; tile < end; ++tile) {
+    const Tile t(g, tile);
+    for (int64_t phase = 0; phase < 4; ++phase) {
+      const int64_t py = phase / 2, px = phase % 2;
+      const T* d[3][3];
+      for (int64_t a = 0; a < 3; ++a) {
+        for (int64_t b = 0; b < 3; ++b) {
+          d[a][b] = pixel(gout, t.s, 4 * t.ty + 2 * a - py, 4 * t.tx + 2 * b - px, 2 * g.h,
+                          2 * g.w, co, zeros);
         }
-        for (int64_t k = 0; k < 2; ++k) {  // A along y
-          q[0][k][c] = e[0][k] + e[1][k] + bias[c];
-          q[1][k][c] = e[1][k] + e[2][k] + bias[c];
-        }
+      }
+      patch_transform(d, co, stride, vg + (tile - first) * ld + phase * co);
+    }
+  }
+}
+
+// grad_x's 2x2 pixels (2 ty + i, 2 tx + k) of tiles first .. end - 1: A of Mx[xi][tile][ci].
+template <typename T>
+void gradient_output(const T* mx, const Tiles& g, int64_t ci, int64_t first, int64_t end,
+                     const T* zeros, T* sink, T* grad_x) {
+  for (int64_t tile = first; tile < end; ++tile) {
+    const Tile t(g, tile);
+    T* q[2][2];
+    for (int64_t i = 0; i < 2; ++i) {
+      for (int64_t k = 0; k < 2; ++k) {
+        q[i][k] = pixel(grad_x, t.s, 2 * t.ty + i, 2 * t.tx + k, g.h, g.w, ci, sink);
       }
     }
+    tile_output(mx + (tile - first) * ci, ci, (end - first) * ci, zeros, q);
   }
 }
 
@@ -347,6 +421,16 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
   });
 }
 
+// out = the sum of `slices` partials of nu values each, in slice order.
+template <typename T>
+void sum_partials(const std::vector<T>& partial, int64_t slices, int64_t nu, T* out) {
+  std::copy(partial.begin(), partial.begin() + nu, out);
+  for (int64_t t = 1; t < slices; ++t) {
+    const T* part = partial.data() + t * nu;
+    for (int64_t e = 0; e < nu; ++e) out[e] += part[e];
+  }
+}
+
 template <typename T>
 void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
               at::Tensor& grad_x, at::Tensor& grad_u) {
@@ -377,7 +461,8 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
         const int64_t tiles = (t1 - t0) * g.tx;
         input_transform(xp, g, ci, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 0,
                         zeros.data(), v.data());
-        output_adjoint(gp, g, co, s, t0, t1, zeros.data(), gm.data());
+        output_adjoint(gp, g, co, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 4, true,
+                       zeros.data(), gm.data());
         for (int64_t p = 0; p < kPoints; ++p) {
           const T* gmp = gm.data() + p * tiles * 4 * co;
           gemm<T>(false, true, tiles, ci, 4 * co, gmp, 4 * co, up + p * ci * 4 * co, 4 * co,
@@ -405,12 +490,60 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
     T* dst = gxp + (s * g.h + iy) * row;
     for (int64_t e = 0; e < row; ++e) dst[e] += src[e];
   }
-  T* out = grad_u.data_ptr<T>();
-  std::copy(partial.begin(), partial.begin() + nu, out);
-  for (int64_t t = 1; t < slices; ++t) {
-    const T* part = partial.data() + t * nu;
-    for (int64_t e = 0; e < nu; ++e) out[e] += part[e];
-  }
+  sum_partials(partial, slices, nu, grad_u.data_ptr<T>());
+}
+
+// The backward on a phase's own tiles (the forward's, see forward()). Per task: grad_x by
+// gradient_transform, one GEMM a point with U's flipped point (K = 4 Cout), and A, each
+// grad_x pixel written once (grad_x's 2x2 tiles do not overlap: no halo, so tasks run
+// across samples); then per phase, grad_U's columns of the phase += V^T Gm.
+template <typename T>
+void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
+                     at::Tensor& grad_x, at::Tensor& grad_u) {
+  const int64_t ci = x.size(1), co = gout.size(1), h = x.size(2), w = x.size(3);
+  const int64_t nu = kPoints * ci * 4 * co;
+  const Tiles g(x.size(0), h, w, (h + 1) / 2, (w + 1) / 2);
+  const int64_t all = g.n * g.ty * g.tx;
+  const int64_t tasks = std::max<int64_t>((all + kForwardTiles - 1) / kForwardTiles,
+                                          std::min<int64_t>(at::get_num_threads(), all));
+  const T* gp = gout.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  const T* up = u.data_ptr<T>();
+  T* gxp = grad_x.data_ptr<T>();
+  const std::vector<T> zeros(std::max(ci, co), T(0));
+  // grad_U partials per slice of the tasks, as in backward()
+  const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks);
+  std::vector<T> partial(slices * nu, T(0));
+  at::parallel_for(0, slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
+    const int64_t most = (all + tasks - 1) / tasks;
+    std::vector<T> vg(kPoints * most * 4 * co), mx(kPoints * most * ci);
+    std::vector<T> v(kPoints * most * ci), gm(kPoints * most * co), sink(ci);
+    for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+      T* gu = partial.data() + slice * nu;
+      for (int64_t task = tasks * slice / slices; task < tasks * (slice + 1) / slices; ++task) {
+        const int64_t first = all * task / tasks, last = all * (task + 1) / tasks;
+        const int64_t tiles = last - first;
+        gradient_transform(gp, g, co, first, last, zeros.data(), vg.data());
+        for (int64_t p = 0; p < kPoints; ++p) {
+          gemm<T>(false, true, tiles, ci, 4 * co, vg.data() + p * tiles * 4 * co, 4 * co,
+                  up + (kPoints - 1 - p) * ci * 4 * co, 4 * co, T(0),
+                  mx.data() + p * tiles * ci, ci);
+        }
+        gradient_output(mx.data(), g, ci, first, last, zeros.data(), sink.data(), gxp);
+        for (int64_t phase = 0; phase < 4; ++phase) {
+          input_transform(xp, g, ci, first, last, phase / 2, phase % 2, zeros.data(), v.data());
+          output_adjoint(gp, g, co, first, last, phase, phase + 1, false, zeros.data(),
+                         gm.data());
+          for (int64_t p = 0; p < kPoints; ++p) {
+            gemm<T>(true, false, ci, co, tiles, v.data() + p * tiles * ci, ci,
+                    gm.data() + p * tiles * co, co, T(1), gu + p * ci * 4 * co + phase * co,
+                    4 * co);
+          }
+        }
+      }
+    }
+  });
+  sum_partials(partial, slices, nu, grad_u.data_ptr<T>());
 }
 
 }  // namespace
@@ -457,7 +590,11 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   at::Tensor grad_w = at::empty({ci, co, 4, 4}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_backward", [&] {
     transform_weight(w.data_ptr<scalar_t>(), ci, co, u.data_ptr<scalar_t>());
-    backward<scalar_t>(g, x, u, grad_x, grad_u);
+    if (co >= kPhasedMinChannels) {  // the forward's tilings and rule
+      backward_phased<scalar_t>(g, x, u, grad_x, grad_u);
+    } else {
+      backward<scalar_t>(g, x, u, grad_x, grad_u);
+    }
     untransform_weight(grad_u.data_ptr<scalar_t>(), ci, co, grad_w.data_ptr<scalar_t>());
   });
   at::Tensor grad_weight = at::empty_like(weight);  // in weight's memory format

@@ -8,8 +8,10 @@
 // transforms are additions. On an AVX-512 AMD EPYC, where oneDNN's forward runs these layers
 // near the FMA peak (256->128@32 batch 8: 8.6 GFLOP in 42-46 ms, ~190 GFLOP/s), the Winograd
 // forward still ran 1.1x-1.3x faster on maps of 2048+ pixels and 2.1x at 64->3@32 (oneDNN
-// is slow with 3 output channels); on fewer pixels its fixed costs lose
-// (tools/conv_paths.py picks where, csrc/cpu/conv_plan_table.h).
+// is slow with 3 output channels), and fwd+bwd 1.1x-1.3x on DCGAN's 256->128@8 and
+// 128->64@16 at batch 64; with 512 input channels or few pixels the fixed costs (weight
+// transforms, one weight gradient a thread: O(Cin Cout)) lose. tools/conv_paths.py picks
+// where each direction runs it (csrc/cpu/conv_plan_table.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
