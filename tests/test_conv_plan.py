@@ -56,10 +56,10 @@ def test_auto_takes_every_path(monkeypatch):
                                            (torch.contiguous_format, torch.channels_last)):
         x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
         taken.add(plan(x, cout=c))
-        if hw == 1 or (hw <= 4 and n * hw * hw <= 512):
+        if hw == 1 or (hw <= 2 and n * hw * hw <= 512):
             assert plan(x, cout=c) == "gemm"  # small maps: matrix products
         elif hw == 4:
-            assert plan(x, cout=c) != "gemm"  # 4x4 at batch 64: oneDNN ties or wins
+            assert plan(x, cout=c) != "gemm"  # 4x4: oneDNN wins on some CPUs
     assert taken == set(PATHS)
 
 
@@ -100,8 +100,10 @@ def test_every_path_matches_the_reference(path, layout, dtype, monkeypatch):
     ((3, 5), 3, [2, 2, 1, 1, 1, 1], "batch"),
     ((4, 1), 4, [1, 2, 0, 1, 0, 0], "none"),
 ])
-def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layout):
-    """auto's gemm path on small maps, values and every gradient, against the reference."""
+def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layout, monkeypatch):
+    """The gemm path on small maps, values and every gradient, against the reference."""
+    if hw[0] * hw[1] > 4:  # auto takes it up to 2x2 (test_auto_takes_every_path)
+        monkeypatch.setenv("FASTVAE_CONV_PATH", "gemm")
     assert plan(torch.empty(3, 7, *hw), kernel=kernel, geometry=geometry) == "gemm"
     torch.manual_seed(torch.seed() % 2**31)
     x = layout_of(torch.randn(3, 7, *hw, dtype=torch.float64), layout)

@@ -18,7 +18,7 @@ run the same fused epilogue whatever the conv path.
 
 --small-maps times the gemm path against the others on the layers of the sweep with inputs
 of 1x1 to 8x8 (DCGAN's first two, the U-Net's innermost, the GN decoder's first): auto takes
-gemm on 1x1 inputs and on maps of at most 16 pixels a sample and 512 in all
+gemm on 1x1 inputs and on maps of at most 4 pixels a sample and 512 in all
 (kGemmMaxPlane, kGemmMaxPixels in csrc/cpu/conv_plan.cpp), so it prints the ratios that
 rule rests on, and the price of oneDNN's bias on a stride-1 transposed
 convolution (which the native op adds itself, after the convolution, in NCHW).

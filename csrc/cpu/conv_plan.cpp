@@ -14,10 +14,12 @@ namespace cpu {
 
 // gemm (csrc/cpu/conv_plan.h) for every 1x1 input and for maps of at most kGemmMaxPlane
 // pixels a sample holding at most kGemmMaxPixels in all (N*H*W). `tools/conv_paths.py
-// --small-maps`, fwd+bwd against the best other path: 1x1 inputs 1.8x-3.6x; 2x2 (U-Net
-// 1024->512@2, N*H*W 4-32) 2.9x; 4x4 at N*H*W 256 (DCGAN 512->256@4 b16) 1.10x-1.25x, at
-// 1024 (b64) 0.94x-1.01x; 8x8 maps 0.43x-0.83x.
-constexpr int64_t kGemmMaxPlane = 16;
+// --small-maps`, fwd+bwd against the best other path: 1x1 inputs 1.6x-3.6x; 2x2 (U-Net
+// 1024->512@2, N*H*W 4-32) 2.4x-2.9x; 4x4 at N*H*W 256 (DCGAN 512->256@4 b16) 1.10x-1.25x
+// on an AVX-512 Xeon but 0.91x on an AVX-512 EPYC (2026-12-04), at 1024 (b64) 0.67x-1.01x;
+// 8x8 maps 0.43x-0.83x. So 2x2 at most: where 4x4 gains it is by 10-25%, where it loses
+// the block falls behind eager.
+constexpr int64_t kGemmMaxPlane = 4;
 constexpr int64_t kGemmMaxPixels = 512;
 
 ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type) {
