@@ -56,11 +56,14 @@ def test_auto_takes_every_path(monkeypatch):
                                            (torch.contiguous_format, torch.channels_last)):
         x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
         taken.add(plan(x, cout=c))
+        taken.add(plan(x, cout=c, kernel=3, geometry=[2, 2, 1, 1, 1, 1]))  # no Winograd
         if hw == 1 or (hw <= 2 and n * hw * hw <= 512):
             assert plan(x, cout=c) == "gemm"  # small maps: matrix products
         elif hw == 4:
             assert plan(x, cout=c) != "gemm"  # 4x4: oneDNN wins on some CPUs
-    assert taken == set(PATHS)
+    # csrc/cpu/conv_plan_table.h of 2026-12-04 (AMD EPYC) sets the Winograd backward's
+    # thresholds above the forward's: it never runs without the Winograd forward there
+    assert taken == set(PATHS) - {"winograd_backward"}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -7,9 +7,9 @@ For every 4x4 stride-2 layer of bench/bench_shapes.py (the layers Winograd can t
 both layouts of x, times one native forward + backward under each path of
 csrc/cpu/conv_plan.h (FASTVAE_CONV_PATH = nchw, channels_last, winograd, winograd_forward,
 winograd_backward), interleaved, least of --rounds. The rule `auto` follows: the forward by
-Winograd where x holds at least Tf pixels (N*H*W) and both channel counts are at least
-Tmf, the backward likewise with (Tb, Tmb), the other direction in channels_last; with no
-Winograd, channels_last where a sample has at least Tc pixels (H*W), else NCHW.
+Winograd where x holds at least Tf pixels (N*H*W) per input channel and both channel
+counts are at least Tmf, the backward likewise with (Tb, Tmb), the other direction in
+channels_last; with no Winograd, channels_last where a sample has at least Tc pixels (H*W), else NCHW.
 (Tf, Tmf, Tb, Tmb, Tc) is chosen per layout of x, from the measured pixel and channel
 counts, to minimise the summed slowdown of auto's choice against the best path over the
 layers. --write puts them and the table they came from into csrc/cpu/conv_plan_table.h
@@ -122,6 +122,11 @@ def pixels(layer):
     return layer.n * layer.h * layer.h
 
 
+def per_cin(layer):
+    """Pixels (N*H*W) per input channel, as csrc/cpu/conv_plan.cpp computes them."""
+    return pixels(layer) // layer.cin
+
+
 def plane(layer):
     return layer.h * layer.h
 
@@ -133,8 +138,8 @@ def channels(layer):
 def choice(layer, thresholds):
     """auto's path for `layer` under (Tf, Tmf, Tb, Tmb, Tc), as csrc/cpu/conv_plan.cpp decides."""
     tf, tmf, tb, tmb, tc = thresholds
-    fwd = pixels(layer) >= tf and channels(layer) >= tmf
-    bwd = pixels(layer) >= tb and channels(layer) >= tmb
+    fwd = per_cin(layer) >= tf and channels(layer) >= tmf
+    bwd = per_cin(layer) >= tb and channels(layer) >= tmb
     if fwd or bwd:
         return "winograd" if fwd and bwd else "winograd_forward" if fwd else "winograd_backward"
     return "channels_last" if plane(layer) >= tc else "nchw"
@@ -150,7 +155,7 @@ def best_thresholds(rows):
 
     def cost(th):
         return sum(t[choice(layer, th)] / min(t.values()) for layer, _, t in rows)
-    grid = itertools.product(candidates(pixels), candidates(channels), candidates(pixels),
+    grid = itertools.product(candidates(per_cin), candidates(channels), candidates(per_cin),
                              candidates(channels), candidates(plane))
     return min(grid, key=lambda th: (cost(th), th))
 
@@ -161,13 +166,13 @@ def table_header(rows, thresholds, rounds):
         "// the measurements they were chosen from. Do not edit; rerun the tool.",
         f"// {datetime.date.today()}, {cpu_description()}",
         f"// native fwd+bwd ms, norm none, least of {rounds} interleaved rounds; * = auto's choice",
-        "//   layer                       x     pixels    nchw channels_last winograd  w_fwd  w_bwd",
+        "//   layer                       x    px/cin    nchw channels_last winograd  w_fwd  w_bwd",
     ]
     for row in rows:
         layer, layout, t = row
         chosen = choice(layer, thresholds[layout])
         cells = [f"{1e3 * t[p]:7.2f}{'*' if p == chosen else ' '}" for p in PATHS]
-        lines.append(f"//   {layer.name:27s} {layout:4s} {pixels(layer):7d} " + " ".join(cells))
+        lines.append(f"//   {layer.name:27s} {layout:4s} {per_cin(layer):7d} " + " ".join(cells))
     lines += [
         "#pragma once",
         "",
@@ -177,14 +182,14 @@ def table_header(rows, thresholds, rounds):
         "namespace cpu {",
         "namespace plan_table {",
         "",
-        "// The Winograd forward where N*H*W of x is at least forward_min_pixels and Cin and Cout",
-        "// at least forward_min_channels, the Winograd backward likewise; channels_last for the",
-        "// other direction. Without Winograd, both convolutions in channels_last where H*W is at",
-        "// least channels_last_min_plane; else NCHW.",
+        "// The Winograd forward where N*H*W of x is at least forward_min_pixels_per_cin times Cin",
+        "// and Cin and Cout at least forward_min_channels, the Winograd backward likewise;",
+        "// channels_last for the other direction. Without Winograd, both convolutions in",
+        "// channels_last where H*W is at least channels_last_min_plane; else NCHW.",
         "struct Thresholds {",
-        "  int64_t forward_min_pixels;",
+        "  int64_t forward_min_pixels_per_cin;",
         "  int64_t forward_min_channels;",
-        "  int64_t backward_min_pixels;",
+        "  int64_t backward_min_pixels_per_cin;",
         "  int64_t backward_min_channels;",
         "  int64_t channels_last_min_plane;",
         "};",
@@ -216,7 +221,7 @@ def main():
     for layout, th in thresholds.items():
         sel = [r for r in rows if r[1] == layout]
         worst = max(t[choice(layer, th)] / min(t.values()) for layer, _, t in sel)
-        print(f"x {layout}: Winograd forward from {th[0]} pixels (N*H*W) and {th[1]} channels, "
+        print(f"x {layout}: Winograd forward from {th[0]} pixels (N*H*W) per Cin and {th[1]} channels, "
               f"backward from {th[2]} and {th[3]}, else channels_last from {th[4]} (H*W); "
               f"auto's worst slowdown against the best path {worst:.2f}x")
     text = table_header(rows, thresholds, args.rounds)

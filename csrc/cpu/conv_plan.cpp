@@ -47,9 +47,10 @@ ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarTyp
   const plan_table::Thresholds& t =
       x_channels_last ? plan_table::kChannelsLastInput : plan_table::kNchwInput;
   const int64_t channels = std::min(x.size(1), cout);
-  const bool fwd = winograd_ok && pixels >= t.forward_min_pixels &&
+  const int64_t per_cin = pixels / x.size(1);  // the pixels' share of one input channel
+  const bool fwd = winograd_ok && per_cin >= t.forward_min_pixels_per_cin &&
                    channels >= t.forward_min_channels;
-  const bool bwd = winograd_ok && pixels >= t.backward_min_pixels &&
+  const bool bwd = winograd_ok && per_cin >= t.backward_min_pixels_per_cin &&
                    channels >= t.backward_min_channels;
   if (fwd || bwd) return {true, fwd, bwd};
   return {plane >= t.channels_last_min_plane};

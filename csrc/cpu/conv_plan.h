@@ -21,11 +21,13 @@
 //                      at most 4 pixels a sample and 512 in all (N*H*W), before the
 //                      thresholds below (csrc/cpu/conv_plan.cpp has the numbers).
 // "auto" (the default): each direction by Winograd where x holds at least Tf (forward) or
-// Tb (backward) pixels (N*H*W: the fixed costs, weight transforms and a weight gradient
-// partial per thread, are O(Cin*Cout) while the savings grow with the pixels) and Cin,
-// Cout >= Tmf or Tmb (the GEMMs have K or N of a channel count: few channels run them at a
-// fraction of the BLAS rate); the other direction, if any, in channels_last. With no
-// Winograd: channels_last where a sample has at least Tc pixels (H*W: oneDNN's
+// Tb (backward) pixels (N*H*W) per input channel and Cin, Cout >= Tmf or Tmb; the other
+// direction, if any, in channels_last. Per input channel: the Winograd fixed costs (weight
+// transforms, a weight gradient a thread, U read by every task) grow with Cin*Cout while
+// its savings grow with the pixels, and measured, 512-channel layers lost up to 2048
+// pixels, 256-channel ones up to 1024, 128-channel ones won from 4096 (tools/conv_paths.py);
+// few channels run the GEMMs (K or N a channel count) at a fraction of the BLAS rate. With
+// no Winograd: channels_last where a sample has at least Tc pixels (H*W: oneDNN's
 // channels_last kernels lose to its NCHW ones on small maps of many channels and win on
 // large maps), else nchw. The thresholds, one set per layout of x (the copies are part of
 // the cost), are chosen by tools/conv_paths.py from measured layers;

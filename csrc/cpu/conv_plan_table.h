@@ -2,43 +2,45 @@
 // the measurements they were chosen from. Do not edit; rerun the tool.
 // 2026-12-04, AMD EPYC, 2 CPUs, sse4_2 avx2 fma f16c avx512f avx512bw avx512vl avx512_bf16; native CPU kernels: avx512; torch 2.14.1+cu130, 2 threads
 // native fwd+bwd ms, norm none, least of 7 interleaved rounds; * = auto's choice
-//   layer                       x     pixels    nchw channels_last winograd  w_fwd  w_bwd
-//   dcgan 256->128@8 b16        nchw    1024   16.18*   17.62    24.74    17.20    27.91 
-//   dcgan 256->128@8 b16        cl      1024   17.63*   18.65    24.64    18.30    24.52 
-//   dcgan 128->64@16 b16        nchw    4096   19.12    19.03    16.58    18.43    17.33*
-//   dcgan 128->64@16 b16        cl      4096   23.18    18.87    16.57*   17.40    18.06 
-//   dcgan 64->3@32 b16          nchw   16384    5.54*    6.47     5.51     4.97     7.34 
-//   dcgan 64->3@32 b16          cl     16384    6.78     4.87     4.01     3.40*    5.80 
-//   dcgan 512->256@4 b64        nchw    1024   62.73*   72.49   102.60    68.79    92.88 
-//   dcgan 512->256@4 b64        cl      1024   65.82*   69.46    92.62    65.13    88.94 
-//   dcgan 256->128@8 b64        nchw    4096   64.14    64.40    60.15*   62.83    60.93 
-//   dcgan 256->128@8 b64        cl      4096   69.97    68.39    54.17*   62.14    58.68 
-//   dcgan 128->64@16 b64        nchw   16384   67.97    72.82    68.71    73.37    64.60*
-//   dcgan 128->64@16 b64        cl     16384   79.14    64.78    53.97*   60.67    58.04 
-//   dcgan 64->3@32 b64          nchw   65536   20.54*   26.09    22.97    30.84    29.40 
-//   dcgan 64->3@32 b64          cl     65536   27.80    18.95    16.28    12.48*   22.24 
-//   unet 512->256@16 b1         nchw     256   19.21*   22.13    57.90    26.74    50.77 
-//   unet 512->256@16 b1         cl       256   20.70*   21.43    50.99    25.22    50.77 
-//   unet 256->128@32 b1         nchw    1024   18.65*   20.02    18.88    19.99    18.87 
-//   unet 256->128@32 b1         cl      1024   20.44    18.24*   16.99    20.75    17.54 
-//   unet 512->256@16 b8         nchw    2048  132.08   142.24   139.52*  133.15   142.32 
-//   unet 512->256@16 b8         cl      2048  132.61   131.40   137.38*  130.90   136.88 
-//   unet 256->128@32 b8         nchw    8192  135.42   135.09   112.93*  138.21   120.55 
-//   unet 256->128@32 b8         cl      8192  153.97   133.69   114.73*  129.11   118.20 
-//   gn32silu 512->256@8 b8      nchw     512   34.78*   39.12    66.30    40.80    65.36 
-//   gn32silu 512->256@8 b8      cl       512   33.43*   34.24    61.03    38.59    61.11 
-//   gn32silu 256->128@16 b8     nchw    2048   31.25    32.58    28.43*   31.13    30.42 
-//   gn32silu 256->128@16 b8     cl      2048   33.05    31.17    28.37*   30.49    28.96 
-//   gn32silu 128->64@32 b8      nchw    8192   37.17    38.81    32.04    37.14    34.55*
-//   gn32silu 128->64@32 b8      cl      8192   41.51    35.52    28.08*   35.23    30.49 
-//   gn32silu 128->64@64 b8      nchw   32768  205.77   205.44   175.39   188.00   152.82*
-//   gn32silu 128->64@64 b8      cl     32768  261.19   177.25   136.93*  170.50   148.55 
-//   gn32leaky 256->128@16 b8    nchw    2048   31.97    34.67    29.80*   32.03    32.06 
-//   gn32leaky 256->128@16 b8    cl      2048   33.55    32.15    28.71*   31.01    29.87 
-//   gn32leaky 128->64@32 b8     nchw    8192   36.77    38.75    32.57    37.93    33.60*
-//   gn32leaky 128->64@32 b8     cl      8192   43.28    37.19    29.87*   34.78    32.08 
-//   gn32leaky 64->32@64 b8      nchw   32768   62.92    51.14*   53.25    62.22    55.09 
-//   gn32leaky 64->32@64 b8      cl     32768   59.64    40.71    33.89*   43.40    34.67 
+//   layer                       x    px/cin    nchw channels_last winograd  w_fwd  w_bwd
+//   dcgan 512->256@4 b16        nchw       0   19.31*   22.48    56.70    25.95    52.13 
+//   dcgan 512->256@4 b16        cl         0   19.61*   23.05    63.73    24.51    59.94 
+//   dcgan 256->128@8 b16        nchw       4   18.69*   19.97    21.77    20.12    21.84 
+//   dcgan 256->128@8 b16        cl         4   17.14    16.74    16.36    16.53*   16.64 
+//   dcgan 128->64@16 b16        nchw      32   17.22    17.44    16.52*   17.21    16.71 
+//   dcgan 128->64@16 b16        cl        32   18.67    16.23    14.23*   15.52    15.11 
+//   dcgan 64->3@32 b16          nchw     256    5.14     5.87     5.28     4.63*    6.62 
+//   dcgan 64->3@32 b16          cl       256    6.97     5.01     3.93     3.18*    5.57 
+//   dcgan 512->256@4 b64        nchw       2   61.28*   67.08    87.40    66.12    85.10 
+//   dcgan 512->256@4 b64        cl         2   63.30    63.62    83.29    62.69*   83.87 
+//   dcgan 256->128@8 b64        nchw      16   59.92    63.25    53.12*   58.97    56.97 
+//   dcgan 256->128@8 b64        cl        16   66.18    59.86    51.60*   56.33    53.61 
+//   dcgan 128->64@16 b64        nchw     128   70.37    73.27    73.35*   87.81    70.24 
+//   dcgan 128->64@16 b64        cl       128   88.82    70.01    60.35*   68.14    62.88 
+//   dcgan 64->3@32 b64          nchw    1024   22.98    25.75    23.67    21.07*   30.01 
+//   dcgan 64->3@32 b64          cl      1024   42.90    18.91    15.81    12.39*   21.83 
+//   unet 512->256@16 b1         nchw       0   18.90*   21.72    32.22    25.23    28.75 
+//   unet 512->256@16 b1         cl         0   20.19*   22.15    31.85    25.07    31.60 
+//   unet 256->128@32 b1         nchw       4   17.77*   18.66    17.70    18.50    18.33 
+//   unet 256->128@32 b1         cl         4   18.72    17.89    16.96    17.27*   17.07 
+//   unet 512->256@16 b8         nchw       4  128.17*  131.86   131.57   128.50   132.69 
+//   unet 512->256@16 b8         cl         4  129.75   127.89   126.39   122.19*  130.71 
+//   unet 256->128@32 b8         nchw      32  133.63   134.76   114.50*  131.65   116.81 
+//   unet 256->128@32 b8         cl        32  155.26   127.43   103.77*  124.41   111.26 
+//   gn32silu 512->256@8 b8      nchw       1   34.01*   37.23    43.09    39.55    41.01 
+//   gn32silu 512->256@8 b8      cl         1   34.13*   36.35    40.54    37.70    39.96 
+//   gn32silu 256->128@16 b8     nchw       8   32.21    33.89    30.16*   32.08    31.64 
+//   gn32silu 256->128@16 b8     cl         8   36.29    34.05    30.65*   33.55    31.43 
+//   gn32silu 128->64@32 b8      nchw      64   36.18    37.29    31.63*   35.23    32.73 
+//   gn32silu 128->64@32 b8      cl        64   41.67    35.53    29.32*   33.58    29.93 
+//   gn32silu 128->64@64 b8      nchw     256  195.49   188.97   177.26*  215.55   169.00 
+//   gn32silu 128->64@64 b8      cl       256  296.15   185.00   164.75*  187.95   167.11 
+//   gn32leaky 256->128@16 b8    nchw       8   37.35    39.97    39.82*   40.20    39.34 
+//   gn32leaky 256->128@16 b8    cl         8   39.44    37.73    37.78*   38.22    35.87 
+//   gn32leaky 128->64@32 b8     nchw      64   36.69    39.68    33.46*   37.99    34.13 
+//   gn32leaky 128->64@32 b8     cl        64   41.45    36.68    32.25*   36.00    31.86 
+//   gn32leaky 64->32@64 b8      nchw     512   45.73    53.25    47.74*   52.30    50.51 
+//   gn32leaky 64->32@64 b8      cl       512   54.68    38.75    32.49*   37.45    34.11 
 #pragma once
 
 #include <cstdint>
@@ -47,19 +49,19 @@ namespace fastvae {
 namespace cpu {
 namespace plan_table {
 
-// The Winograd forward where N*H*W of x is at least forward_min_pixels and Cin and Cout
-// at least forward_min_channels, the Winograd backward likewise; channels_last for the
-// other direction. Without Winograd, both convolutions in channels_last where H*W is at
-// least channels_last_min_plane; else NCHW.
+// The Winograd forward where N*H*W of x is at least forward_min_pixels_per_cin times Cin
+// and Cin and Cout at least forward_min_channels, the Winograd backward likewise;
+// channels_last for the other direction. Without Winograd, both convolutions in
+// channels_last where H*W is at least channels_last_min_plane; else NCHW.
 struct Thresholds {
-  int64_t forward_min_pixels;
+  int64_t forward_min_pixels_per_cin;
   int64_t forward_min_channels;
-  int64_t backward_min_pixels;
+  int64_t backward_min_pixels_per_cin;
   int64_t backward_min_channels;
   int64_t channels_last_min_plane;
 };
-constexpr Thresholds kNchwInput{2048, 128, 2048, 64, 4096};
-constexpr Thresholds kChannelsLastInput{2048, 3, 2048, 32, 1024};
+constexpr Thresholds kNchwInput{8, 3, 8, 32, 4096};
+constexpr Thresholds kChannelsLastInput{2, 3, 8, 32, 1024};
 
 }  // namespace plan_table
 }  // namespace cpu
