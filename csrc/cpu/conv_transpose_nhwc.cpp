@@ -171,6 +171,18 @@ struct Tile {
       : s(tile / (g.tx * g.ty)), ty(tile / g.tx % g.ty), tx(tile % g.tx) {}
 };
 
+// Tasks over all n * ty * tx tiles, numbered across samples (forward, backward_phased):
+// at most kForwardTiles tiles each, at least one task per thread.
+struct Tasks {
+  int64_t all, count;
+  explicit Tasks(const Tiles& g) : all(g.n * g.ty * g.tx) {
+    count = std::max<int64_t>((all + kForwardTiles - 1) / kForwardTiles,
+                              std::min<int64_t>(at::get_num_threads(), all));
+  }
+  int64_t first(int64_t task) const { return all * task / count; }
+  int64_t most() const { return (all + count - 1) / count; }  // tiles in a task, at most
+};
+
 // B along x then y of one 3x3 patch (d[a][b]: n values each) into out[(a * 3 + b) * stride].
 template <typename T>
 inline void patch_transform(const T* const (&d)[3][3], int64_t n, int64_t stride, T* out) {
@@ -393,18 +405,16 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
   const Tiles g = shared ? Tiles(x.size(0), h, w, h / 2 + 1, w / 2 + 1)
                          : Tiles(x.size(0), h, w, (h + 1) / 2, (w + 1) / 2);
   const int64_t groups = shared ? 1 : 4, cols = shared ? 4 * co : co;  // tile groups, GEMM N
-  const int64_t all = g.n * g.ty * g.tx;
-  const int64_t tasks = std::max<int64_t>((all + kForwardTiles - 1) / kForwardTiles,
-                                          std::min<int64_t>(at::get_num_threads(), all));
+  const Tasks tasks(g);
   const T* xp = x.data_ptr<T>();
   const T* up = u.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const std::vector<T> zeros(ci, T(0));
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t most = (all + tasks - 1) / tasks;
+  at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
+    const int64_t most = tasks.most();
     std::vector<T> v(kPoints * most * ci), m(kPoints * most * cols), sink(co);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t first = all * task / tasks, last = all * (task + 1) / tasks;
+      const int64_t first = tasks.first(task), last = tasks.first(task + 1);
       const int64_t tiles = last - first;
       for (int64_t group = 0; group < groups; ++group) {  // shared: all phases; else phase
         const int64_t py = shared ? 0 : group / 2, px = shared ? 0 : group % 2;
@@ -503,25 +513,23 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
   const int64_t ci = x.size(1), co = gout.size(1), h = x.size(2), w = x.size(3);
   const int64_t nu = kPoints * ci * 4 * co;
   const Tiles g(x.size(0), h, w, (h + 1) / 2, (w + 1) / 2);
-  const int64_t all = g.n * g.ty * g.tx;
-  const int64_t tasks = std::max<int64_t>((all + kForwardTiles - 1) / kForwardTiles,
-                                          std::min<int64_t>(at::get_num_threads(), all));
+  const Tasks tasks(g);
   const T* gp = gout.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
   const T* up = u.data_ptr<T>();
   T* gxp = grad_x.data_ptr<T>();
   const std::vector<T> zeros(std::max(ci, co), T(0));
   // grad_U partials per slice of the tasks, as in backward()
-  const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks);
+  const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks.count);
   std::vector<T> partial(slices * nu, T(0));
   at::parallel_for(0, slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
-    const int64_t most = (all + tasks - 1) / tasks;
+    const int64_t most = tasks.most(), count = tasks.count;
     std::vector<T> vg(kPoints * most * 4 * co), mx(kPoints * most * ci);
     std::vector<T> v(kPoints * most * ci), gm(kPoints * most * co), sink(ci);
     for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
       T* gu = partial.data() + slice * nu;
-      for (int64_t task = tasks * slice / slices; task < tasks * (slice + 1) / slices; ++task) {
-        const int64_t first = all * task / tasks, last = all * (task + 1) / tasks;
+      for (int64_t task = count * slice / slices; task < count * (slice + 1) / slices; ++task) {
+        const int64_t first = tasks.first(task), last = tasks.first(task + 1);
         const int64_t tiles = last - first;
         gradient_transform(gp, g, co, first, last, zeros.data(), vg.data());
         for (int64_t p = 0; p < kPoints; ++p) {
