@@ -56,7 +56,9 @@ constexpr int64_t kPoints = 9;        // transform points per tile (3 x 3)
 constexpr int64_t kTaskTiles = 128;   // tiles per shared-tile backward task, about (whole
                                       // tile rows; measured 40-256)
 // Tasks across samples (forward, backward_phased): at most kForwardTiles tiles (forward,
-// measured 64-256 on 128->64 and 512->256 layers: 128 within noise of the best). A phase's
+// measured 64-256 on 128->64 and 512->256 layers: 128 within noise of the best; fwd+bwd,
+// 128/256/512 on six DCGAN/GN/U-Net layers: 256 within noise of 128, 512 up to 1.3x slower
+// on 128-channel layers). A phase's
 // own tiles from Cout >= kPhasedMinChannels (forward at 64->3@32: shared tiles 2.1x
 // oneDNN, per-phase 0.43x; 128->64@16: per-phase 1.17x, shared 1.05x; 64 channels a tie).
 constexpr int64_t kForwardTiles = 128;
