@@ -164,7 +164,18 @@ struct Tiles {
   int64_t max_tiles() const { return rows * tx; }
   int64_t first_row(int64_t task) const { return task % blocks * rows; }
   int64_t end_row(int64_t task) const { return std::min(first_row(task) + rows, ty); }
+  // The two tilings of x (N, C, H, W) (see the top of this file): tiles shared by the
+  // phases, H / 2 + 1 a column from output row -1; a phase's own, ceil(H / 2) a column.
+  static Tiles shared(const at::Tensor& x) {
+    return Tiles(x.size(0), x.size(2), x.size(3), x.size(2) / 2 + 1, x.size(3) / 2 + 1);
+  }
+  static Tiles per_phase(const at::Tensor& x) {
+    return Tiles(x.size(0), x.size(2), x.size(3), (x.size(2) + 1) / 2, (x.size(3) + 1) / 2);
+  }
 };
+
+// Whether a layer of `co` output channels takes a phase's own tiles, both directions.
+inline bool phase_tiles(int64_t co) { return co >= kPhasedMinChannels; }
 
 // Tile (ty, tx, sample s) of tile number `tile`, tiles numbered over (sample, row, column).
 struct Tile {
@@ -402,10 +413,9 @@ void input_adjoint(const T* gv, const Tiles& g, int64_t ci, int64_t t0, int64_t 
 // so the GEMMs keep about kForwardTiles rows on small maps too.
 template <typename T>
 void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor& y) {
-  const int64_t ci = x.size(1), co = y.size(1), h = x.size(2), w = x.size(3);
-  const bool shared = co < kPhasedMinChannels;
-  const Tiles g = shared ? Tiles(x.size(0), h, w, h / 2 + 1, w / 2 + 1)
-                         : Tiles(x.size(0), h, w, (h + 1) / 2, (w + 1) / 2);
+  const int64_t ci = x.size(1), co = y.size(1);
+  const bool shared = !phase_tiles(co);
+  const Tiles g = shared ? Tiles::shared(x) : Tiles::per_phase(x);
   const int64_t groups = shared ? 1 : 4, cols = shared ? 4 * co : co;  // tile groups, GEMM N
   const Tasks tasks(g);
   const T* xp = x.data_ptr<T>();
@@ -447,7 +457,7 @@ template <typename T>
 void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
               at::Tensor& grad_x, at::Tensor& grad_u) {
   const int64_t ci = x.size(1), co = gout.size(1), nu = kPoints * ci * 4 * co;
-  const Tiles g(x.size(0), x.size(2), x.size(3), x.size(2) / 2 + 1, x.size(3) / 2 + 1);
+  const Tiles g = Tiles::shared(x);
   const T* gp = gout.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
   const T* up = u.data_ptr<T>();
@@ -512,9 +522,8 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
 template <typename T>
 void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
                      at::Tensor& grad_x, at::Tensor& grad_u) {
-  const int64_t ci = x.size(1), co = gout.size(1), h = x.size(2), w = x.size(3);
-  const int64_t nu = kPoints * ci * 4 * co;
-  const Tiles g(x.size(0), h, w, (h + 1) / 2, (w + 1) / 2);
+  const int64_t ci = x.size(1), co = gout.size(1), nu = kPoints * ci * 4 * co;
+  const Tiles g = Tiles::per_phase(x);
   const Tasks tasks(g);
   const T* gp = gout.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
@@ -600,7 +609,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   at::Tensor grad_w = at::empty({ci, co, 4, 4}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_backward", [&] {
     transform_weight(w.data_ptr<scalar_t>(), ci, co, u.data_ptr<scalar_t>());
-    if (co >= kPhasedMinChannels) {  // the forward's tilings and rule
+    if (phase_tiles(co)) {
       backward_phased<scalar_t>(g, x, u, grad_x, grad_u);
     } else {
       backward<scalar_t>(g, x, u, grad_x, grad_u);

@@ -138,7 +138,7 @@ struct Geometry {
   bool single_pixel(const at::Tensor& x) const {
     return x.size(2) == 1 && x.size(3) == 1 && v[2] == 0 && v[3] == 0 && v[4] == 0 && v[5] == 0;
   }
-  // The 4x4 stride-2 padding-1 block: the Winograd backward's geometry.
+  // The 4x4 stride-2 padding-1 block: the Winograd paths' geometry.
   bool is_k4s2p1(const at::Tensor& weight) const {
     return weight.size(2) == 4 && weight.size(3) == 4 && v[0] == 2 && v[1] == 2 && v[2] == 1 &&
            v[3] == 1 && v[4] == 0 && v[5] == 0;
