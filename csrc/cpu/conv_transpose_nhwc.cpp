@@ -30,6 +30,7 @@
 // Built once per CPU capability (cpu/capability.h).
 #include "cpu/capability.h"
 #include "cpu/conv_transpose_nhwc.h"
+#include "cpu/huge_page_empty.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -80,25 +81,6 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
   }
 }
 
-// The filter transform G along one axis: u[p * 3 + xi] from the taps w, for phase p = 0
-// (even outputs, g = (w3, w1)) and p = 1 (odd, g = (w2, w0)); and its adjoint G^T.
-template <typename T>
-inline void filter_1d(T w0, T w1, T w2, T w3, T* u) {
-  u[0] = w3;
-  u[1] = w3 + w1;
-  u[2] = w1;
-  u[3] = w2;
-  u[4] = w2 + w0;
-  u[5] = w0;
-}
-template <typename T>
-inline void filter_1d_adjoint(const T* u, T* w) {
-  w[0] = u[4] + u[5];
-  w[1] = u[1] + u[2];
-  w[2] = u[3] + u[4];
-  w[3] = u[0] + u[1];
-}
-
 // Where U (9, ci, 4 co) holds the transformed tap (a = py * 3 + xy, b = px * 3 + xx) of
 // channels (i, o): U[xy * 3 + xx][i][(py * 2 + px) * co + o].
 inline int64_t u_offset(int64_t a, int64_t b, int64_t i, int64_t o, int64_t ci, int64_t co) {
@@ -106,44 +88,87 @@ inline int64_t u_offset(int64_t a, int64_t b, int64_t i, int64_t o, int64_t ci, 
   return (point * ci + i) * 4 * co + phase * co + o;
 }
 
-// weight (ci, co, 4, 4) -> U (9, ci, 4 co), laid out as u_offset says.
+// The filter transform G along one axis, for n filters at once: u[p * 3 + xi] from the
+// taps w, for phase p = 0 (even outputs, g = (w3, w1)) and p = 1 (odd, g = (w2, w0)); and
+// its adjoint G^T. One contiguous row per tap and per transformed value (restrict: the
+// rows never overlap, so the loops vectorize).
+template <typename T>
+void filter_rows(const T* __restrict w0, const T* __restrict w1, const T* __restrict w2,
+                 const T* __restrict w3, T* __restrict u0, T* __restrict u1, T* __restrict u2,
+                 T* __restrict u3, T* __restrict u4, T* __restrict u5, int64_t n) {
+  for (int64_t o = 0; o < n; ++o) {
+    u0[o] = w3[o];
+    u1[o] = w3[o] + w1[o];
+    u2[o] = w1[o];
+    u3[o] = w2[o];
+    u4[o] = w2[o] + w0[o];
+    u5[o] = w0[o];
+  }
+}
+template <typename T>
+void filter_rows_adjoint(const T* __restrict u0, const T* __restrict u1,
+                         const T* __restrict u2, const T* __restrict u3,
+                         const T* __restrict u4, const T* __restrict u5, T* __restrict w0,
+                         T* __restrict w1, T* __restrict w2, T* __restrict w3, int64_t n) {
+  for (int64_t o = 0; o < n; ++o) {
+    w0[o] = u4[o] + u5[o];
+    w1[o] = u1[o] + u2[o];
+    w2[o] = u3[o] + u4[o];
+    w3[o] = u0[o] + u1[o];
+  }
+}
+
+// weight (ci, co, 4, 4) -> U (9, ci, 4 co), laid out as u_offset says. Per input channel
+// i: its taps transposed to k[ky * 4 + kx][o], G along y into t[a * 4 + kx][o], then G
+// along x into U's 36 rows (a, b) of i: every pass runs over contiguous rows of co (the
+// loop over (i, o) that wrote 36 scattered values a pair took ~8% of a 512->256@4
+// fwd+bwd). `at(a, b)` is the row (a, b) of i.
 template <typename T>
 void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
   at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> k(16 * co), t(24 * co);
+    const auto row = [co](std::vector<T>& m, int64_t r) { return m.data() + r * co; };
     for (int64_t i = begin; i < end; ++i) {
+      const T* wi = w + i * co * 16;
       for (int64_t o = 0; o < co; ++o) {
-        const T* k = w + (i * co + o) * 16;  // k[ky * 4 + kx]
-        T t[6][4], v[6];                     // t[py xy][kx]: G along y
-        for (int64_t kx = 0; kx < 4; ++kx) {
-          filter_1d(k[kx], k[4 + kx], k[8 + kx], k[12 + kx], v);
-          for (int64_t a = 0; a < 6; ++a) t[a][kx] = v[a];
-        }
-        for (int64_t a = 0; a < 6; ++a) {    // G along x
-          filter_1d(t[a][0], t[a][1], t[a][2], t[a][3], v);
-          for (int64_t b = 0; b < 6; ++b) u[u_offset(a, b, i, o, ci, co)] = v[b];
-        }
+        for (int64_t tap = 0; tap < 16; ++tap) k[tap * co + o] = wi[o * 16 + tap];
+      }
+      const auto at = [&](int64_t a, int64_t b) { return u + u_offset(a, b, i, 0, ci, co); };
+      for (int64_t kx = 0; kx < 4; ++kx) {
+        filter_rows(row(k, kx), row(k, 4 + kx), row(k, 8 + kx), row(k, 12 + kx), row(t, kx),
+                    row(t, 4 + kx), row(t, 8 + kx), row(t, 12 + kx), row(t, 16 + kx),
+                    row(t, 20 + kx), co);
+      }
+      for (int64_t a = 0; a < 6; ++a) {
+        filter_rows(row(t, a * 4), row(t, a * 4 + 1), row(t, a * 4 + 2), row(t, a * 4 + 3),
+                    at(a, 0), at(a, 1), at(a, 2), at(a, 3), at(a, 4), at(a, 5), co);
       }
     }
   });
 }
 
-// The adjoint of transform_weight: grad_U (9, ci, 4 co) -> grad_weight (ci, co, 4, 4).
+// The adjoint of transform_weight: grad_U (9, ci, 4 co) -> grad_weight (ci, co, 4, 4),
+// its passes in reverse.
 template <typename T>
 void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
   at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> k(16 * co), t(24 * co);
+    const auto row = [co](std::vector<T>& m, int64_t r) { return m.data() + r * co; };
     for (int64_t i = begin; i < end; ++i) {
+      const auto at = [&](int64_t a, int64_t b) { return gu + u_offset(a, b, i, 0, ci, co); };
+      for (int64_t a = 0; a < 6; ++a) {
+        filter_rows_adjoint(at(a, 0), at(a, 1), at(a, 2), at(a, 3), at(a, 4), at(a, 5),
+                            row(t, a * 4), row(t, a * 4 + 1), row(t, a * 4 + 2),
+                            row(t, a * 4 + 3), co);
+      }
+      for (int64_t kx = 0; kx < 4; ++kx) {
+        filter_rows_adjoint(row(t, kx), row(t, 4 + kx), row(t, 8 + kx), row(t, 12 + kx),
+                            row(t, 16 + kx), row(t, 20 + kx), row(k, kx), row(k, 4 + kx),
+                            row(k, 8 + kx), row(k, 12 + kx), co);
+      }
+      T* gi = gw + i * co * 16;
       for (int64_t o = 0; o < co; ++o) {
-        T t[6][4], row[6], col[6], k[4];     // t[py xy][kx]: G^T along x
-        for (int64_t a = 0; a < 6; ++a) {
-          for (int64_t b = 0; b < 6; ++b) row[b] = gu[u_offset(a, b, i, o, ci, co)];
-          filter_1d_adjoint(row, t[a]);
-        }
-        T* dst = gw + (i * co + o) * 16;
-        for (int64_t kx = 0; kx < 4; ++kx) {  // G^T along y
-          for (int64_t a = 0; a < 6; ++a) col[a] = t[a][kx];
-          filter_1d_adjoint(col, k);
-          for (int64_t ky = 0; ky < 4; ++ky) dst[ky * 4 + kx] = k[ky];
-        }
+        for (int64_t tap = 0; tap < 16; ++tap) gi[o * 16 + tap] = k[tap * co + o];
       }
     }
   });
@@ -443,15 +468,34 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
   });
 }
 
-// out = the sum of `slices` partials of nu values each, in slice order.
+// grad_U summed over slices of the tasks, one slice per thread, in slice order: the
+// result depends on the thread count only, and a nested call (run inline) is safe. Slice 0
+// writes grad_U itself and the others a partial each, in huge pages (huge_page_empty.h);
+// a slice's first task overwrites (beta 0), so nothing is zero-filled, and the sum runs on
+// every thread (it was a serial copy and add of slices x U's size, 38 MB at 512->256).
 template <typename T>
-void sum_partials(const std::vector<T>& partial, int64_t slices, int64_t nu, T* out) {
-  std::copy(partial.begin(), partial.begin() + nu, out);
-  for (int64_t t = 1; t < slices; ++t) {
-    const T* part = partial.data() + t * nu;
-    for (int64_t e = 0; e < nu; ++e) out[e] += part[e];
+struct SlicedGradU {
+  int64_t slices, nu;
+  T* grad_u;
+  at::Tensor partial;
+  SlicedGradU(int64_t tasks, int64_t nu_, at::Tensor& grad_u_)
+      : slices(std::min<int64_t>(at::get_num_threads(), tasks)), nu(nu_),
+        grad_u(grad_u_.data_ptr<T>()),
+        partial(empty_huge({(slices - 1) * nu_}, grad_u_.scalar_type())) {}
+  T* of(int64_t slice) { return slice == 0 ? grad_u : partial.data_ptr<T>() + (slice - 1) * nu; }
+  // The first of slice `slice`'s tasks (its last is first(slice + 1) - 1).
+  int64_t first(int64_t slice, int64_t tasks) const { return tasks * slice / slices; }
+  void sum() {  // grad_U = slice 0 + slice 1 + ..., per element in slice order
+    if (slices == 1) return;
+    const T* part = partial.data_ptr<T>();
+    at::parallel_for(0, nu, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t t = 0; t + 1 < slices; ++t) {
+        const T* src = part + t * nu;
+        for (int64_t e = begin; e < end; ++e) grad_u[e] += src[e];
+      }
+    });
   }
-}
+};
 
 template <typename T>
 void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
@@ -467,18 +511,17 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
   // Input row 2 t0 - 1 of a task also takes the task above's last tile row: the task keeps
   // its part of that row in `halo`, added once all tasks are done.
   std::vector<T> halo(g.tasks() * row);
-  // One slice of the tasks per thread, each with its own grad_U, summed in slice order:
-  // the result depends on the thread count only, and a nested call (run inline) is safe.
   const int64_t tasks = g.tasks();
-  const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks);
-  std::vector<T> partial(slices * nu, T(0));
-  at::parallel_for(0, slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
+  SlicedGradU<T> sliced(tasks, nu, grad_u);
+  at::parallel_for(0, sliced.slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
     const int64_t most = g.max_tiles();
     std::vector<T> v(kPoints * most * ci), gv(kPoints * most * ci), gm(kPoints * most * 4 * co);
     std::vector<T> acc((2 * g.rows + 1) * cols * ci);
     for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
-      T* gu = partial.data() + slice * nu;
-      for (int64_t task = tasks * slice / slices; task < tasks * (slice + 1) / slices; ++task) {
+      T* gu = sliced.of(slice);
+      const int64_t first = sliced.first(slice, tasks);
+      for (int64_t task = first; task < sliced.first(slice + 1, tasks); ++task) {
+        const T beta = task == first ? T(0) : T(1);
         const int64_t s = task / g.blocks, t0 = g.first_row(task), t1 = g.end_row(task);
         const int64_t tiles = (t1 - t0) * g.tx;
         input_transform(xp, g, ci, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 0,
@@ -490,7 +533,7 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
           gemm<T>(false, true, tiles, ci, 4 * co, gmp, 4 * co, up + p * ci * 4 * co, 4 * co,
                   T(0), gv.data() + p * tiles * ci, ci);
           gemm<T>(true, false, ci, 4 * co, tiles, v.data() + p * tiles * ci, ci, gmp, 4 * co,
-                  T(1), gu + p * ci * 4 * co, 4 * co);
+                  beta, gu + p * ci * 4 * co, 4 * co);
         }
         std::fill(acc.begin(), acc.end(), T(0));
         input_adjoint(gv.data(), g, ci, t0, t1, acc.data());
@@ -512,7 +555,7 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
     T* dst = gxp + (s * g.h + iy) * row;
     for (int64_t e = 0; e < row; ++e) dst[e] += src[e];
   }
-  sum_partials(partial, slices, nu, grad_u.data_ptr<T>());
+  sliced.sum();
 }
 
 // The backward on a phase's own tiles (the forward's, see forward()). Per task: grad_x by
@@ -530,16 +573,16 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
   const T* up = u.data_ptr<T>();
   T* gxp = grad_x.data_ptr<T>();
   const std::vector<T> zeros(std::max(ci, co), T(0));
-  // grad_U partials per slice of the tasks, as in backward()
-  const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks.count);
-  std::vector<T> partial(slices * nu, T(0));
-  at::parallel_for(0, slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
+  SlicedGradU<T> sliced(tasks.count, nu, grad_u);  // as in backward()
+  at::parallel_for(0, sliced.slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
     const int64_t most = tasks.most(), count = tasks.count;
     std::vector<T> vg(kPoints * most * 4 * co), mx(kPoints * most * ci);
     std::vector<T> v(kPoints * most * ci), gm(kPoints * most * co), sink(ci);
     for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
-      T* gu = partial.data() + slice * nu;
-      for (int64_t task = count * slice / slices; task < count * (slice + 1) / slices; ++task) {
+      T* gu = sliced.of(slice);
+      const int64_t first_task = sliced.first(slice, count);
+      for (int64_t task = first_task; task < sliced.first(slice + 1, count); ++task) {
+        const T beta = task == first_task ? T(0) : T(1);
         const int64_t first = tasks.first(task), last = tasks.first(task + 1);
         const int64_t tiles = last - first;
         gradient_transform(gp, g, co, first, last, zeros.data(), vg.data());
@@ -555,14 +598,14 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
                          gm.data());
           for (int64_t p = 0; p < kPoints; ++p) {
             gemm<T>(true, false, ci, co, tiles, v.data() + p * tiles * ci, ci,
-                    gm.data() + p * tiles * co, co, T(1), gu + p * ci * 4 * co + phase * co,
+                    gm.data() + p * tiles * co, co, beta, gu + p * ci * 4 * co + phase * co,
                     4 * co);
           }
         }
       }
     }
   });
-  sum_partials(partial, slices, nu, grad_u.data_ptr<T>());
+  sliced.sum();
 }
 
 }  // namespace
@@ -582,7 +625,7 @@ at::Tensor conv_transpose_nhwc_forward(const at::Tensor& x, const at::Tensor& we
   RECORD_FUNCTION("fastvae::conv_transpose_nhwc_forward", std::vector<c10::IValue>());
   const int64_t ci = weight.size(0), co = weight.size(1);
   const at::Tensor w = weight.contiguous();
-  at::Tensor u = at::empty({kPoints, ci, 4 * co}, weight.options());
+  at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   at::Tensor y = at::empty({x.size(0), co, 2 * x.size(2), 2 * x.size(3)},
                            x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const bool has_bias = bias.has_value() && bias->defined();
@@ -603,9 +646,9 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   const int64_t ci = weight.size(0), co = weight.size(1);
   const at::Tensor g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w = weight.contiguous();
-  at::Tensor u = at::empty({kPoints, ci, 4 * co}, weight.options());
+  at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   at::Tensor grad_x = at::empty_like(x);
-  at::Tensor grad_u = at::empty({kPoints, ci, 4 * co}, weight.options());
+  at::Tensor grad_u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   at::Tensor grad_w = at::empty({ci, co, 4, 4}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_backward", [&] {
     transform_weight(w.data_ptr<scalar_t>(), ci, co, u.data_ptr<scalar_t>());
