@@ -52,7 +52,7 @@ def test_auto_takes_every_path(monkeypatch):
     chooses each path somewhere: a path it never takes would be dead code or a wrong table."""
     monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
     taken = set()
-    for n, c, hw, fmt in itertools.product((1, 8, 64), (3, 64, 512), (1, 2, 4, 16, 32, 64),
+    for n, c, hw, fmt in itertools.product((1, 8, 64), (3, 64, 512), (1, 2, 4, 8, 16, 32, 64),
                                            (torch.contiguous_format, torch.channels_last)):
         x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
         taken.add(plan(x, cout=c))
@@ -61,9 +61,7 @@ def test_auto_takes_every_path(monkeypatch):
             assert plan(x, cout=c) == "gemm"  # small maps: matrix products
         elif hw == 4:
             assert plan(x, cout=c) != "gemm"  # 4x4: oneDNN wins on some CPUs
-    # csrc/cpu/conv_plan_table.h of 2026-12-04 (AMD EPYC) sets the Winograd backward's
-    # thresholds above the forward's: it never runs without the Winograd forward there
-    assert taken == set(PATHS) - {"winograd_backward"}
+    assert taken == set(PATHS)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
