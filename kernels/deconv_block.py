@@ -490,8 +490,13 @@ def _new_output(shape, dtype, device, memory_format=torch.contiguous_format):
     return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
 
 
-def _memory_format(x):
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+def _is_channels_last(t):
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _memory_format(x, weight=None):
+    """x's memory format; given a weight, the output's by eager's rule (fastvae/ops.py)."""
+    if _is_channels_last(x) or (weight is not None and _is_channels_last(weight)):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -543,7 +548,7 @@ def deconv_block_fwd(x, weight, bias, scale, shift, geometry, groups, activation
     ho, wo = out_size(h, kh, sh, ph, oph), out_size(w, kw, sw, pw, opw)
     out_shape = (n, cout, ho, wo)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    fmt = _memory_format(x)
+    fmt = _memory_format(x, weight)
     # (ky, kx, ci, co) with co contiguous, padded to a multiple of W_PAD so every weight
     # row is 16-byte aligned: unaligned rows cost vector loads and make the tile spill.
     cout_pad = triton.cdiv(cout, W_PAD) * W_PAD

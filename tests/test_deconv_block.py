@@ -152,6 +152,34 @@ def test_backend_matches_reference(backend, norm, affine, activation, dtype, lay
         assert_close_to_reference(out[name], ref_low[name], ref_hi[name], dtype, name)
 
 
+@pytest.mark.parametrize("hw", [(5, 3), (1, 1)])  # 1x1: x is both layouts at once
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("x_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", backend_params("deconv_block"))
+def test_memory_format_follows_eager(backend, x_layout, weight_layout, hw):
+    """y is channels_last when x or the weight is, as nn.ConvTranspose2d's output (so a
+    model.to(memory_format=channels_last) stays channels_last from a 1x1 latent on), and
+    grad_x takes x's layout; the values are the contiguous call's."""
+    x, weight, bias, kwargs = make_args(h=hw[0], w=hw[1], layout=x_layout)
+    if weight_layout == "channels_last":
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    conv = nn.ConvTranspose2d(weight.shape[0], weight.shape[1], 4, 2, 1)
+    conv.weight.data, conv.bias.data = weight, bias
+    x_eager = x.detach().clone().requires_grad_()
+    y_eager = conv(x_eager)
+    grad_y = torch.randn(y_eager.shape)
+    y_eager.backward(grad_y)
+    out = run(backend, x, weight, bias, kwargs, grad_y)
+    for got, want, name in ((out["y"], y_eager, "y"), (out["grad_x"], x_eager.grad, "grad_x")):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            assert got.is_contiguous(memory_format=fmt) == want.is_contiguous(memory_format=fmt), (
+                f"{name}: {fmt} {got.stride()} against eager's {want.stride()}")
+    plain = run("reference", x.contiguous(), weight.contiguous(), bias, kwargs, grad_y)
+    for name in plain:
+        torch.testing.assert_close(out[name], plain[name], rtol=1e-5, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_backend_float64_and_batch_one_and_single_channel_groups(backend):
     x, weight, bias, kwargs = make_args(n=1, cin=3, cout=4, h=7, w=1, norm="instance",

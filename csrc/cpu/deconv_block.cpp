@@ -223,12 +223,19 @@ std::tuple<at::Tensor, at::Tensor> small_map_backward(const at::Tensor& grad,
   return {grad_x, grad_weight};
 }
 
+// x's own memory format: channels_last only when x is that and not also contiguous.
 at::MemoryFormat format_of(const at::Tensor& x) {
-  // The public op's rule (fastvae/ops.py _memory_format): channels_last only when x is.
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return at::MemoryFormat::ChannelsLast;
   }
   return at::MemoryFormat::Contiguous;
+}
+
+// The output's (and pre_norm's), by eager's rule for a convolution (fastvae/ops.py
+// _memory_format): channels_last when x or the weight is.
+at::MemoryFormat output_format(const at::Tensor& x, const at::Tensor& weight) {
+  return format_of(weight) == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
+                                                               : format_of(x);
 }
 
 // Scale/shift as the kernels read them: a (N, C) table in the compute type, or, for
@@ -446,7 +453,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "deconv_block: x and weight must be 4-D");
   const Geometry geo = parse_geometry(geometry);
   const Activation act = parse_activation(activation);
-  const at::MemoryFormat fmt = format_of(x);
+  const at::MemoryFormat fmt = output_format(x, weight);
   const cpu::ConvPlan plan = conv_plan_of(x, weight, geo, conv_in_float(x.scalar_type()));
   const bool upcast = conv_in_float(x.scalar_type(), plan);
   c10::optional<at::Tensor> b = bias;
@@ -749,7 +756,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
     double negative_slope, double eps) {
   const Activation act = parse_activation(activation);
   const Geometry geo = parse_geometry(geometry);
-  const at::MemoryFormat fmt = format_of(x);
+  const at::MemoryFormat fmt = output_format(x, weight);
   const at::Tensor pre = pre_norm.contiguous(fmt);
   const at::Tensor gy = grad_y.to(pre.scalar_type()).contiguous(fmt);
   const int64_t n = pre.size(0), c = pre.size(1);
@@ -798,7 +805,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
         ghc, xc, wc, at::OptionalIntArrayRef(), geo.stride(), geo.padding(), {1, 1}, true,
         geo.output_padding(), 1, {true, true, false});
   }
-  grad_x = to_layout(grad_x, x.scalar_type(), fmt);
+  grad_x = to_layout(grad_x, x.scalar_type(), format_of(x));  // x's layout, as eager's
   if (upcast) grad_weight = grad_weight.to(weight.scalar_type());
   return {grad_x, grad_weight, grad_bias, grad_scale, grad_shift};
 }

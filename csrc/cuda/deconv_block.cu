@@ -63,6 +63,14 @@ at::MemoryFormat format_of(const at::Tensor& x) {
   return at::MemoryFormat::Contiguous;
 }
 
+// The output's (and pre_norm's), by eager's rule for a convolution (fastvae/ops.py
+// _memory_format): channels_last when x or the weight is. grad_x is made x's own by the
+// op's wrapper.
+at::MemoryFormat output_format(const at::Tensor& x, const at::Tensor& weight) {
+  return format_of(weight) == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
+                                                               : format_of(x);
+}
+
 // Offset of pixel p of (sample, channel) plane `plane` in a dense NCHW or NHWC tensor.
 __device__ __forceinline__ int64_t plane_offset(int64_t plane, int64_t p, int64_t c, int64_t hw,
                                                 bool nhwc) {
@@ -306,7 +314,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   check_inputs(x, weight, geometry);
   const c10::cuda::CUDAGuard guard(x.device());
   const Activation act = parse_activation(activation);
-  const at::MemoryFormat fmt = format_of(x);
+  const at::MemoryFormat fmt = output_format(x, weight);
   at::Tensor pre = at::conv_transpose2d(x.contiguous(fmt), weight, bias, geometry.slice(0, 2),
                                         geometry.slice(2, 2), geometry.slice(4, 2))
                        .contiguous(fmt);
@@ -370,7 +378,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
               "deconv_block: grad_y and pre_norm must be on x's device");
   const c10::cuda::CUDAGuard guard(x.device());
   const Activation act = parse_activation(activation);
-  const at::MemoryFormat fmt = format_of(x);
+  const at::MemoryFormat fmt = output_format(x, weight);
   const at::Tensor pre = pre_norm.contiguous(fmt);
   const at::Tensor gy = grad_y.to(pre.scalar_type()).contiguous(fmt);
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
