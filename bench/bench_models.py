@@ -4,7 +4,7 @@ and fastvae.fuse(original) (issue 14).
     pytest bench/bench_models.py --benchmark-only [-k dcgan] [-s]
 
 The six models of tests/models at the sizes they are used at (DCGAN batch 64 at 64x64,
-pix2pix's 128x128 U-Net, ...), float32, NCHW as their code leaves them, in training mode
+pix2pix's 128x128 U-Net, ...), float32, NCHW as their code leaves them (DCGAN also channels_last), in training mode
 (BatchNorm on batch statistics). Every entry of a model runs interleaved with the others
 (one call each per round, the least of the rounds kept); the summary prints the ratios,
 and the header the CPU model and instruction sets.
@@ -26,6 +26,11 @@ from models import cyclegan_resnet, dcgan, gn_decoders, pix2pix_unet, vanilla_va
 MODELS = {  # name -> (model constructor, input of one batch, rounds)
     "dcgan b64 64x64": (lambda: dcgan.Generator(nz=100, ngf=64, nc=3),
                         lambda: torch.randn(64, 100, 1, 1), 5),
+    # PyTorch's CPU recipe, model.to(memory_format=channels_last): every layer's output is
+    # channels_last from the 1x1 latent on, eager and fused alike
+    "dcgan b64 64x64 channels_last": (
+        lambda: dcgan.Generator(nz=100, ngf=64, nc=3).to(memory_format=torch.channels_last),
+        lambda: torch.randn(64, 100, 1, 1), 5),
     "vanilla_vae b64 64x64": (lambda: vanilla_vae.VanillaVAEDecoder(latent_dim=128),
                               lambda: torch.randn(64, 128), 5),
     "cyclegan_resnet b1 128x128": (
@@ -69,7 +74,7 @@ def summary(request):
 
 def write_summary(line):
     line("")
-    line(f"whole models fwd+bwd, float32 NCHW, training mode; {cpu_description()}")
+    line(f"whole models fwd+bwd, float32 NCHW unless named, training mode; {cpu_description()}")
     line(f"{'model':30s} {'eager ms':>9s} {'compile':>9s} {'fused':>9s} "
          f"{'vs eager':>9s} {'vs compile':>10s}")
     for name, r in _results.items():
