@@ -122,7 +122,7 @@ void filter_rows_adjoint(const T* __restrict u0, const T* __restrict u1,
 // i: its taps transposed to k[ky * 4 + kx][o], G along y into t[a * 4 + kx][o], then G
 // along x into U's 36 rows (a, b) of i: every pass runs over contiguous rows of co (the
 // loop over (i, o) that wrote 36 scattered values a pair took ~8% of a 512->256@4
-// fwd+bwd). `at(a, b)` is the row (a, b) of i.
+// fwd+bwd). `u_row(a, b)` is U's row (a, b) of i.
 template <typename T>
 void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
   at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
@@ -133,7 +133,7 @@ void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
       for (int64_t o = 0; o < co; ++o) {
         for (int64_t tap = 0; tap < 16; ++tap) k[tap * co + o] = wi[o * 16 + tap];
       }
-      const auto at = [&](int64_t a, int64_t b) { return u + u_offset(a, b, i, 0, ci, co); };
+      const auto u_row = [&](int64_t a, int64_t b) { return u + u_offset(a, b, i, 0, ci, co); };
       for (int64_t kx = 0; kx < 4; ++kx) {
         filter_rows(row(k, kx), row(k, 4 + kx), row(k, 8 + kx), row(k, 12 + kx), row(t, kx),
                     row(t, 4 + kx), row(t, 8 + kx), row(t, 12 + kx), row(t, 16 + kx),
@@ -141,7 +141,8 @@ void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
       }
       for (int64_t a = 0; a < 6; ++a) {
         filter_rows(row(t, a * 4), row(t, a * 4 + 1), row(t, a * 4 + 2), row(t, a * 4 + 3),
-                    at(a, 0), at(a, 1), at(a, 2), at(a, 3), at(a, 4), at(a, 5), co);
+                    u_row(a, 0), u_row(a, 1), u_row(a, 2), u_row(a, 3), u_row(a, 4), u_row(a, 5),
+                    co);
       }
     }
   });
@@ -155,10 +156,10 @@ void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
     std::vector<T> k(16 * co), t(24 * co);
     const auto row = [co](std::vector<T>& m, int64_t r) { return m.data() + r * co; };
     for (int64_t i = begin; i < end; ++i) {
-      const auto at = [&](int64_t a, int64_t b) { return gu + u_offset(a, b, i, 0, ci, co); };
+      const auto u_row = [&](int64_t a, int64_t b) { return gu + u_offset(a, b, i, 0, ci, co); };
       for (int64_t a = 0; a < 6; ++a) {
-        filter_rows_adjoint(at(a, 0), at(a, 1), at(a, 2), at(a, 3), at(a, 4), at(a, 5),
-                            row(t, a * 4), row(t, a * 4 + 1), row(t, a * 4 + 2),
+        filter_rows_adjoint(u_row(a, 0), u_row(a, 1), u_row(a, 2), u_row(a, 3), u_row(a, 4),
+                            u_row(a, 5), row(t, a * 4), row(t, a * 4 + 1), row(t, a * 4 + 2),
                             row(t, a * 4 + 3), co);
       }
       for (int64_t kx = 0; kx < 4; ++kx) {
