@@ -31,6 +31,7 @@
 #include "cpu/capability.h"
 #include "cpu/conv_transpose_nhwc.h"
 #include "cpu/huge_page_empty.h"
+#include "cpu/layout.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -129,10 +130,7 @@ void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
     std::vector<T> k(16 * co), t(24 * co);
     const auto row = [co](std::vector<T>& m, int64_t r) { return m.data() + r * co; };
     for (int64_t i = begin; i < end; ++i) {
-      const T* wi = w + i * co * 16;
-      for (int64_t o = 0; o < co; ++o) {
-        for (int64_t tap = 0; tap < 16; ++tap) k[tap * co + o] = wi[o * 16 + tap];
-      }
+      layout_detail::transpose_block(w + i * co * 16, 16, k.data(), co, co, 16);
       const auto u_row = [&](int64_t a, int64_t b) { return u + u_offset(a, b, i, 0, ci, co); };
       for (int64_t kx = 0; kx < 4; ++kx) {
         filter_rows(row(k, kx), row(k, 4 + kx), row(k, 8 + kx), row(k, 12 + kx), row(t, kx),
@@ -167,10 +165,7 @@ void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
                             row(t, 16 + kx), row(t, 20 + kx), row(k, kx), row(k, 4 + kx),
                             row(k, 8 + kx), row(k, 12 + kx), co);
       }
-      T* gi = gw + i * co * 16;
-      for (int64_t o = 0; o < co; ++o) {
-        for (int64_t tap = 0; tap < 16; ++tap) gi[o * 16 + tap] = k[tap * co + o];
-      }
+      layout_detail::transpose_block(k.data(), co, gw + i * co * 16, 16, 16, co);
     }
   });
 }
