@@ -471,16 +471,16 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
 // every thread (it was a serial copy and add of slices x U's size, 38 MB at 512->256).
 template <typename T>
 struct SlicedGradU {
-  int64_t slices, nu;
+  int64_t tasks, slices, nu;
   T* grad_u;
   at::Tensor partial;
-  SlicedGradU(int64_t tasks, int64_t nu_, at::Tensor& grad_u_)
-      : slices(std::min<int64_t>(at::get_num_threads(), tasks)), nu(nu_),
+  SlicedGradU(int64_t tasks_, int64_t nu_, at::Tensor& grad_u_)
+      : tasks(tasks_), slices(std::min<int64_t>(at::get_num_threads(), tasks_)), nu(nu_),
         grad_u(grad_u_.data_ptr<T>()),
         partial(empty_huge({(slices - 1) * nu_}, grad_u_.scalar_type())) {}
   T* of(int64_t slice) { return slice == 0 ? grad_u : partial.data_ptr<T>() + (slice - 1) * nu; }
   // The first of slice `slice`'s tasks (its last is first(slice + 1) - 1).
-  int64_t first(int64_t slice, int64_t tasks) const { return tasks * slice / slices; }
+  int64_t first(int64_t slice) const { return tasks * slice / slices; }
   void sum() {  // grad_U = slice 0 + slice 1 + ..., per element in slice order
     if (slices == 1) return;
     const T* part = partial.data_ptr<T>();
@@ -515,8 +515,8 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
     std::vector<T> acc((2 * g.rows + 1) * cols * ci);
     for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
       T* gu = sliced.of(slice);
-      const int64_t first = sliced.first(slice, tasks);
-      for (int64_t task = first; task < sliced.first(slice + 1, tasks); ++task) {
+      const int64_t first = sliced.first(slice);
+      for (int64_t task = first; task < sliced.first(slice + 1); ++task) {
         const T beta = task == first ? T(0) : T(1);
         const int64_t s = task / g.blocks, t0 = g.first_row(task), t1 = g.end_row(task);
         const int64_t tiles = (t1 - t0) * g.tx;
@@ -571,13 +571,13 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
   const std::vector<T> zeros(std::max(ci, co), T(0));
   SlicedGradU<T> sliced(tasks.count, nu, grad_u);  // as in backward()
   at::parallel_for(0, sliced.slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
-    const int64_t most = tasks.most(), count = tasks.count;
+    const int64_t most = tasks.most();
     std::vector<T> vg(kPoints * most * 4 * co), mx(kPoints * most * ci);
     std::vector<T> v(kPoints * most * ci), gm(kPoints * most * co), sink(ci);
     for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
       T* gu = sliced.of(slice);
-      const int64_t first_task = sliced.first(slice, count);
-      for (int64_t task = first_task; task < sliced.first(slice + 1, count); ++task) {
+      const int64_t first_task = sliced.first(slice);
+      for (int64_t task = first_task; task < sliced.first(slice + 1); ++task) {
         const T beta = task == first_task ? T(0) : T(1);
         const int64_t first = tasks.first(task), last = tasks.first(task + 1);
         const int64_t tiles = last - first;
