@@ -14,31 +14,18 @@ from torch import Tensor
 
 from . import _validate
 from .backends import implementation, resolve
-from .reference import BATCH, compute_dtype
+from .reference import BATCH, compute_dtype, memory_format
 
 SEED_HIGH = 2**62  # seeds drawn by torch are in [0, SEED_HIGH)
 
 
-def _is_channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def _memory_format(t: Tensor, weight: Optional[Tensor] = None):
-    """t's memory format; given a weight, a convolution's output's by eager's rule:
-    channels_last when the input or the weight is (model.to(memory_format=channels_last)
-    makes every layer's output channels_last, whatever the input's layout)."""
-    if _is_channels_last(t) or (weight is not None and _is_channels_last(weight)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _dense(out: Optional[Tensor], like: Tensor, weight: Optional[Tensor] = None) -> Tensor:
-    """`out` made dense in _memory_format(like, weight) (a no-op when a backend already did)."""
-    return out.contiguous(memory_format=_memory_format(like, weight))
+    """`out` made dense in memory_format(like, weight) (a no-op when a backend already did)."""
+    return out.contiguous(memory_format=memory_format(like, weight))
 
 
 def _empty_like(t: Tensor) -> Tensor:
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=_memory_format(t))
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format(t))
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -188,7 +175,7 @@ def _(x, weight, bias, scale, shift, geometry, groups, activation, negative_slop
     ho = _out_size(h, weight.shape[2], sh, ph, oh)
     wo = _out_size(w, weight.shape[3], sw, pw, ow)
     out = torch.empty((n, weight.shape[1], ho, wo), dtype=x.dtype, device=x.device,
-                      memory_format=_memory_format(x, weight))
+                      memory_format=memory_format(x, weight))
     stats = x.new_empty(_stats_shape(n, weight.shape[1], groups), dtype=compute_dtype(x.dtype))
     return out, torch.empty_like(out), stats, torch.empty_like(stats)
 

@@ -29,6 +29,20 @@ BATCH = -1  # `groups` value of BatchNorm's per-channel statistics over (N, H, W
 K4S2P1 = [2, 2, 1, 1, 0, 0]  # geometry of the classic block: 4x4 kernel, stride 2, padding 1
 
 
+def _is_channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format(t: Tensor, weight: Optional[Tensor] = None) -> torch.memory_format:
+    """t's memory format (a tensor that is both, a 1x1 map, counts as contiguous); given a
+    weight, deconv_block's output's by eager's convolution rule: channels_last when the
+    input or the weight is (model.to(memory_format=channels_last) makes every layer's output
+    channels_last, whatever the input's layout). Every backend allocates by this rule."""
+    if _is_channels_last(t) or (weight is not None and _is_channels_last(weight)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvae.reference import conv_transpose_backward
+from fastvae.reference import conv_transpose_backward, memory_format
 
 # Conv tiles (BLOCK_M pixels x BLOCK_N output channels x BLOCK_K input channels per step).
 # tl.dot needs every dim >= 16. Per architecture a big tile for large layers and a small
@@ -490,17 +490,6 @@ def _new_output(shape, dtype, device, memory_format=torch.contiguous_format):
     return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
 
 
-def _is_channels_last(t):
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def _memory_format(x, weight=None):
-    """x's memory format; given a weight, the output's by eager's rule (fastvae/ops.py)."""
-    if _is_channels_last(x) or (weight is not None and _is_channels_last(weight)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _max_offset(t):
     """The largest element offset a view reaches from its first element."""
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
@@ -548,7 +537,7 @@ def deconv_block_fwd(x, weight, bias, scale, shift, geometry, groups, activation
     ho, wo = out_size(h, kh, sh, ph, oph), out_size(w, kw, sw, pw, opw)
     out_shape = (n, cout, ho, wo)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    fmt = _memory_format(x, weight)
+    fmt = memory_format(x, weight)
     # (ky, kx, ci, co) with co contiguous, padded to a multiple of W_PAD so every weight
     # row is 16-byte aligned: unaligned rows cost vector loads and make the tile spill.
     cout_pad = triton.cdiv(cout, W_PAD) * W_PAD
@@ -613,7 +602,7 @@ def _affine_grad_buffer(t, out_shape, pre_norm, acc):
         return pre_norm
     if _spatial(t, out_shape):
         dtype = t.dtype if tuple(t.shape) == tuple(out_shape) else acc
-        return _new_output(out_shape, dtype, pre_norm.device, _memory_format(pre_norm))
+        return _new_output(out_shape, dtype, pre_norm.device, memory_format(pre_norm))
     return _new_output(out_shape[:2], acc, pre_norm.device)
 
 
@@ -630,8 +619,8 @@ def deconv_block_bwd(grad_y, x, weight, pre_norm, mean, rstd, scale, shift, has_
     n, cout, ho, wo = pre_norm.shape
     out_shape = (n, cout, ho, wo)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    pre_norm = pre_norm.contiguous(memory_format=_memory_format(pre_norm))
-    grad_h = _new_output(out_shape, x.dtype, x.device, _memory_format(pre_norm))
+    pre_norm = pre_norm.contiguous(memory_format=memory_format(pre_norm))
+    grad_h = _new_output(out_shape, x.dtype, x.device, memory_format(pre_norm))
     if pre_norm.stride() != grad_h.stride():  # a dense layout that is neither format
         pre_norm = pre_norm.contiguous()
         grad_h = _new_output(out_shape, x.dtype, x.device)
