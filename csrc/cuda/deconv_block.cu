@@ -323,7 +323,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
               "deconv_block: groups must divide the output channels (or be -1, BatchNorm)");
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const auto acc = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  const StatPlanes sp = stat_planes(n, c, groups);
   const int64_t n_stats = groups == kBatch ? c : n * groups;
   const auto stat_shape = groups == kBatch ? std::vector<int64_t>{1, c}
                                            : std::vector<int64_t>{n, groups};
@@ -340,6 +339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
               ? pixel0.select(0, 0).view({1, c}).expand({n, c}).reshape({n * c}).contiguous()
               : pixel0.view({n, groups, c / groups}).select(2, 0).view({n, groups, 1})
                     .expand({n, groups, c / groups}).reshape({n * c}).contiguous();
+      const StatPlanes sp = stat_planes(n, c, groups);  // groups != 0: c / groups is defined
       const int splits = splits_of(hw);
       at::Tensor partial = at::empty({n * c, splits, 3}, acc);
       plane_moments_kernel<scalar_t, acc_t><<<dim3(n * c, splits), kThreads, 0, stream>>>(
