@@ -485,9 +485,9 @@ def _acc(dtype):
     return _ACC.get(dtype, tl.float32)
 
 
-def _new_output(shape, dtype, device, memory_format=torch.contiguous_format):
+def _new_output(shape, dtype, device, layout=torch.contiguous_format):
     """Every output buffer comes from here (the tests poison it to catch unwritten elements)."""
-    return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=layout)
 
 
 def _max_offset(t):

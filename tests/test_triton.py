@@ -21,9 +21,9 @@ DTYPES = (torch.float32, torch.float16)
 @pytest.fixture
 def poisoned_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel never writes shows."""
-    def new_output(shape, dtype, device, memory_format=torch.contiguous_format):
+    def new_output(shape, dtype, device, layout=torch.contiguous_format):
         return torch.empty(shape, dtype=dtype, device=device,
-                           memory_format=memory_format).fill_(float("nan"))
+                           memory_format=layout).fill_(float("nan"))
     for module in _kernel_modules():
         monkeypatch.setattr(module, "_new_output", new_output)
 

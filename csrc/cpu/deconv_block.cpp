@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/deconv_args.h"
 #include "common/deconv_epilogue.h"
 #include "cpu/conv_plan.h"
 #include "cpu/conv_transpose_nhwc.h"
@@ -37,6 +38,9 @@ namespace fastvae::cpu::CPU_CAPABILITY {
 namespace {
 
 using deconv::Activation;
+using deconv::format_of;
+using deconv::output_format;
+using deconv::parse_activation;
 using deconv::Moments;
 
 constexpr int64_t kChunk = 2048;      // NCHW: elements per two-pass chunk (stays in L1)
@@ -58,18 +62,6 @@ std::vector<acc_t> repeat_pixels(const acc_t* table, int64_t n, int64_t c, int64
     for (int64_t q = 0; q < pixels; ++q)
       std::copy(table + i * c, table + (i + 1) * c, out.data() + (i * pixels + q) * c);
   return out;
-}
-
-Activation parse_activation(c10::string_view name) {
-  if (name == "leaky_relu") return Activation::kLeakyRelu;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "silu") return Activation::kSilu;
-  if (name == "tanh") return Activation::kTanh;
-  if (name == "sigmoid") return Activation::kSigmoid;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "gelu_tanh") return Activation::kGeluTanh;
-  TORCH_CHECK(name == "none", "deconv_block: unknown activation ", name);
-  return Activation::kNone;
 }
 
 // Calls f(std::integral_constant<Activation, A>) with the runtime activation as a constant.
@@ -221,21 +213,6 @@ std::tuple<at::Tensor, at::Tensor> small_map_backward(const at::Tensor& grad,
       at::mm(windows, wm.t()).view({n, h, w, cin}).permute({0, 3, 1, 2});  // channels_last
   const at::Tensor grad_weight = at::mm(pixel_rows(x).t(), windows).view(weight.sizes());
   return {grad_x, grad_weight};
-}
-
-// x's own memory format: channels_last only when x is that and not also contiguous.
-at::MemoryFormat format_of(const at::Tensor& x) {
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return at::MemoryFormat::ChannelsLast;
-  }
-  return at::MemoryFormat::Contiguous;
-}
-
-// The output's (and pre_norm's), by eager's rule for a convolution (fastvae/ops.py
-// _memory_format): channels_last when x or the weight is.
-at::MemoryFormat output_format(const at::Tensor& x, const at::Tensor& weight) {
-  return format_of(weight) == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
-                                                               : format_of(x);
 }
 
 // Scale/shift as the kernels read them: a (N, C) table in the compute type, or, for

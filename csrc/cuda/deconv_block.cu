@@ -31,45 +31,22 @@
 #include <vector>
 #include <type_traits>
 
+#include "common/deconv_args.h"
 #include "common/deconv_epilogue.h"
 
 namespace fastvae {
 namespace {
 
 using deconv::Activation;
+using deconv::format_of;
+using deconv::output_format;
+using deconv::parse_activation;
 using deconv::Moments;
 
 constexpr int kThreads = 256;
 constexpr int64_t kSplitElems = 4096;  // plane elements per reduction block
 constexpr int kMaxSplits = 64;
 constexpr int64_t kBatch = -1;  // `groups` of BatchNorm: per channel over (N, H, W)
-
-Activation parse_activation(c10::string_view name) {
-  if (name == "leaky_relu") return Activation::kLeakyRelu;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "silu") return Activation::kSilu;
-  if (name == "tanh") return Activation::kTanh;
-  if (name == "sigmoid") return Activation::kSigmoid;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "gelu_tanh") return Activation::kGeluTanh;
-  TORCH_CHECK(name == "none", "deconv_block: unknown activation ", name);
-  return Activation::kNone;
-}
-
-at::MemoryFormat format_of(const at::Tensor& x) {
-  if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return at::MemoryFormat::ChannelsLast;
-  }
-  return at::MemoryFormat::Contiguous;
-}
-
-// The output's (and pre_norm's), by eager's rule for a convolution (fastvae/ops.py
-// _memory_format): channels_last when x or the weight is. grad_x is made x's own by the
-// op's wrapper.
-at::MemoryFormat output_format(const at::Tensor& x, const at::Tensor& weight) {
-  return format_of(weight) == at::MemoryFormat::ChannelsLast ? at::MemoryFormat::ChannelsLast
-                                                               : format_of(x);
-}
 
 // Offset of pixel p of (sample, channel) plane `plane` in a dense NCHW or NHWC tensor.
 __device__ __forceinline__ int64_t plane_offset(int64_t plane, int64_t p, int64_t c, int64_t hw,
