@@ -38,7 +38,7 @@ step build "${BUILD_LIMIT:-330}" python3 setup.py build_ext --inplace
 if ! [ -e fastvae/kernels ]; then ln -s ../kernels fastvae/kernels; trap 'rm -f fastvae/kernels' EXIT; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 step cuda_build 60 python3 tools/check_cuda_build.py
-step native 120 python3 bench/gpu_check.py --backends native --skip-bench --error-paths
+step native 180 python3 bench/gpu_check.py --backends native --skip-bench --error-paths
 step triton 150 python3 bench/gpu_check.py --backends triton --skip-pytest --skip-bench
 step speed 150 python3 bench/gpu_check.py --backends "" --skip-pytest --compile-budget 60 --profile
 # A crash (not an exception) in a native op's error path: where, by a C++ backtrace
