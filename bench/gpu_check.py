@@ -136,15 +136,16 @@ def deconv_inputs(n, cin, cout, h, dtype, style, kernel=4, how="nchw"):
          ).to(dtype).requires_grad_()
     b = torch.randn(cout, device="cuda", dtype=dtype, requires_grad=True)
     kw = {}
-    if style:
-        kw["style_scale"] = (1 + 0.1 * torch.randn(n, cout, device="cuda")).to(dtype).requires_grad_()
-        kw["style_shift"] = (0.1 * torch.randn(n, cout, device="cuda")).to(dtype).requires_grad_()
+    if style:  # AdaIN: per (sample, channel), or per pixel too ("spatial", output size ho)
+        shape = (n, cout) if style is True else (n, cout, style, style)
+        kw["style_scale"] = (1 + 0.1 * torch.randn(shape, device="cuda")).to(dtype).requires_grad_()
+        kw["style_shift"] = (0.1 * torch.randn(shape, device="cuda")).to(dtype).requires_grad_()
     return x, w, b, kw
 
 
 BN_EVAL = dict(norm="batch", training=False)  # running statistics filled in by the check
-# (N, Cin, Cout, H, norm options, AdaIN, (kernel, stride, padding, output_padding), act,
-#  x's layout, dtypes)
+# (N, Cin, Cout, H, norm options, AdaIN (False, True, or the output size for a spatial
+#  one), (kernel, stride, padding, output_padding), act, x's layout, dtypes)
 LOW = (torch.float32, torch.bfloat16)
 ALL = (torch.float32, torch.bfloat16, torch.float16)
 DECONV_CASES = [
@@ -153,6 +154,7 @@ DECONV_CASES = [
     (2, 8, 16, 5, dict(num_groups=4), False, (4, 2, 1, 0), "leaky_relu", "strided", LOW),
     (3, 32, 64, 8, dict(num_groups=32), True, (4, 2, 1, 0), "silu", "nchw", LOW),
     (3, 32, 64, 8, dict(norm="instance"), True, (4, 2, 1, 0), "relu", "cl", LOW),  # AdaIN
+    (2, 16, 32, 5, dict(num_groups=8), 10, (4, 2, 1, 0), "silu", "nchw", LOW),  # spatial AdaIN
     (4, 16, 32, 6, dict(norm="batch"), False, (3, 2, 1, 1), "gelu", "nchw", LOW),  # VanillaVAE
     (4, 16, 32, 6, BN_EVAL, False, (3, 2, 1, 1), "gelu_tanh", "nchw", LOW),
     (8, 20, 32, 1, dict(norm="batch"), False, (4, 1, 0, 0), "relu", "nchw", LOW),  # DCGAN's 1st
