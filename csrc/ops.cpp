@@ -7,6 +7,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/huge_page_empty.h"
+
 extern "C" {
 // Importing fastvae._C runs the static registrations below; the module itself is empty.
 PyObject* PyInit__C(void) {
@@ -39,4 +41,7 @@ TORCH_LIBRARY(fastvae, m) {
   // CPU: the name of the convolution path _deconv_block_* take for these operands
   // (csrc/cpu/conv_plan.h).
   m.def("_deconv_block_conv_plan(Tensor x, Tensor weight, int[] geometry) -> str");
+  // CPU: bytes of freed large blocks kept for reuse (csrc/cpu/huge_page_empty.h).
+  m.def("_cpu_cache_bytes() -> int",
+        [] { return static_cast<int64_t>(fastvae::cpu::huge_cache_bytes()); });
 }
