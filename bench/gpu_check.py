@@ -14,8 +14,8 @@
    pass, x3 for fwd+bwd) as a fraction of the copy bandwidth / bf16 GEMM rate measured in
    the same run, and the ratio to eager.
 Options: --skip-pytest, --skip-bench, --backends native,triton ("" for none),
---compile-budget S, --sanitize (the smallest native
-cases only, for `compute-sanitizer --tool memcheck`). Exits 1 if a correctness check failed.
+--ops reparam_kl,deconv_block, --bench-backends native,triton, --compile-budget S,
+--sanitize (the smallest native cases only, for `compute-sanitizer --tool memcheck`). Exits 1 if a correctness check failed.
 """
 import argparse
 import os
@@ -27,7 +27,6 @@ import traceback
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = ("reference", "native", "triton")
 
 
 def available(backend, op):
@@ -293,7 +292,7 @@ def eager_reparam(mu, logvar):
     return z, kl.flatten(1).sum(1)
 
 
-def bench_reparam_kl(bw, budget):
+def bench_reparam_kl(bw, budget, backends):
     import fastvae
     print(f"reparam_kl fwd+bwd (measured copy bandwidth {bw / 1e9:.0f} GB/s; bytes: mu, logvar, "
           "z forward; grad_z, mu, logvar, grad_mu, grad_logvar backward)")
@@ -306,7 +305,7 @@ def bench_reparam_kl(bw, budget):
             impls = {"eager": eager_reparam}
             if budget.left():
                 impls["compile"] = compiled
-            for backend in BACKENDS:
+            for backend in backends:
                 if available(backend, "reparam_kl"):
                     impls[backend] = (lambda b: lambda m, l: fastvae.reparam_kl(
                         m, l, seed=1, reduction="none", backend=b))(backend)
@@ -339,7 +338,7 @@ def eager_layer(cin, cout, norm, act):
     return nn.Sequential(*mods).cuda()
 
 
-def bench_deconv_block(gemm, budget):
+def bench_deconv_block(gemm, budget, backends):
     import fastvae
     print(f"deconv_block fwd+bwd, bf16, 4x4 stride 2 (measured bf16 GEMM {gemm / 1e12:.0f} TFLOP/s; "
           "FLOPs: the transposed convolution's 2*N*H*W*Cin*Cout*16, x3 for fwd+bwd)")
@@ -353,7 +352,7 @@ def bench_deconv_block(gemm, budget):
             impls = {"eager": block}
             if budget.left():
                 impls["compile"] = torch.compile(block)
-            for backend in BACKENDS:
+            for backend in backends:
                 if available(backend, "deconv_block"):
                     impls[backend] = fastvae.nn.DeconvBlock.from_modules(*block, backend=backend) \
                         if len(block) == 3 else fastvae.nn.DeconvBlock.from_modules(
@@ -410,6 +409,10 @@ def main() -> int:
                         help="seconds after which the torch.compile baselines are skipped")
     parser.add_argument("--backends", default="native,triton",
                         help="comma-separated backends to check against the reference")
+    parser.add_argument("--ops", default="deconv_block,reparam_kl",
+                        help="comma-separated ops to check and time")
+    parser.add_argument("--bench-backends", default="native,triton",
+                        help="comma-separated backends to time beside eager and torch.compile")
     parser.add_argument("--profile", action="store_true",
                         help="after the speed table, torch.profiler tables of two layers")
     parser.add_argument("--error-paths", action="store_true",
@@ -425,19 +428,24 @@ def main() -> int:
     import fastvae
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     print(fastvae.backends(), flush=True)
+    ops = args.ops.split(",")
+    ok = True
     if args.sanitize:  # memcheck is slow: the first few cases of each op, native only
         global DECONV_CASES
         DECONV_CASES = [c[:9] + ((torch.float32,),) for c in DECONV_CASES[:10]]
-        ok = guarded("reparam_kl", check_reparam_kl, "native")
-        ok &= guarded("deconv_block", check_deconv_block, "native")
+        if "reparam_kl" in ops:
+            ok &= guarded("reparam_kl", check_reparam_kl, "native")
+        if "deconv_block" in ops:
+            ok &= guarded("deconv_block", check_deconv_block, "native")
         print("sanitize run done" if ok else "SOME CORRECTNESS CHECKS FAILED")
         return 0 if ok else 1
-    ok = True
     if args.error_paths:
         print("native ops' argument errors, one process each", flush=True)
         ok &= check_error_paths()
     for backend in args.backends.split(",") if args.backends else ():
         for op, checker in (("deconv_block", check_deconv_block), ("reparam_kl", check_reparam_kl)):
+            if op not in ops:
+                continue
             if available(backend, op):
                 print(f"{op} [{backend}] against the reference on CUDA", flush=True)
                 ok &= guarded(f"{op} [{backend}]", checker, backend)
@@ -447,9 +455,12 @@ def main() -> int:
         ok &= run_pytest(args.error_paths)
     if not args.skip_bench:
         budget = Budget(args.compile_budget)
-        guarded("bench reparam_kl", bench_reparam_kl, copy_bandwidth(), budget)
-        guarded("bench deconv_block", bench_deconv_block, gemm_rate(), budget)
-        if args.profile:
+        backends = [b for b in args.bench_backends.split(",") if b]
+        if "reparam_kl" in ops:
+            guarded("bench reparam_kl", bench_reparam_kl, copy_bandwidth(), budget, backends)
+        if "deconv_block" in ops:
+            guarded("bench deconv_block", bench_deconv_block, gemm_rate(), budget, backends)
+        if args.profile and "deconv_block" in ops:
             guarded("profile deconv_block", profile_deconv_block)
     print("all correctness checks passed" if ok else "SOME CORRECTNESS CHECKS FAILED")
     return 0 if ok else 1

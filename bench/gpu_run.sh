@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A GPU session in one command: build the CUDA extension for the GPU at hand, then check it
 # and time it, each step under its own time limit so one slow step leaves the others' logs.
-#   [GPU_RUN_SKIP="triton memcheck"] [LIMIT_build=300] bash bench/gpu_run.sh [log folder]
+#   [GPU_RUN_SKIP="triton memcheck"] [LIMIT_build=300] [GPU_CHECK_ARGS="--ops deconv_block"] \
+#     bash bench/gpu_run.sh [log folder]
 # Steps: build (setup.py build_ext --inplace, this GPU's architecture only), the build's
 # spill check, correctness of the native backend (pytest on CUDA + bench/gpu_check.py),
 # correctness of the Triton backend, speed against eager and torch.compile, and the
@@ -28,19 +29,16 @@ arch=$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capabilit
 nv=$(python3 -c "import os, nvidia; print(os.path.join(nvidia.__path__[0], 'cu13', 'include'))" 2>/dev/null)
 [ -d "$nv" ] && export CPATH=$nv${CPATH:+:$CPATH}
 export TORCH_CUDA_ARCH_LIST=$arch FORCE_CUDA=1 MAX_JOBS=$(nproc) CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-# The process must load the libstdc++ of the compiler that builds the extension (or a newer
-# one): one GPU image's c++ is a newer GCC in /opt/gcc, and against the system's older
-# libstdc++ the extension crashed formatting an integer in its first argument error.
-cxx_lib=$(dirname "$(${CXX:-c++} -print-file-name=libstdc++.so.6)")
-[ "$cxx_lib" != . ] && export LD_LIBRARY_PATH=$cxx_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 step build "${BUILD_LIMIT:-330}" python3 setup.py build_ext --inplace
 # fastvae.kernels is ./kernels (setup.py's package_dir): without an install, a link serves
 if ! [ -e fastvae/kernels ]; then ln -s ../kernels fastvae/kernels; trap 'rm -f fastvae/kernels' EXIT; fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 step cuda_build 60 python3 tools/check_cuda_build.py
-step native 180 python3 bench/gpu_check.py --backends native --skip-bench --error-paths
-step triton 150 python3 bench/gpu_check.py --backends triton --skip-pytest --skip-bench
-step speed 150 python3 bench/gpu_check.py --backends "" --skip-pytest --compile-budget 60 --profile
+# GPU_CHECK_ARGS go last on every gpu_check.py line, so they override (--compile-budget 0)
+check=(python3 bench/gpu_check.py) extra=(${GPU_CHECK_ARGS:-})
+step native 180 "${check[@]}" --backends native --skip-bench --error-paths "${extra[@]}"
+step triton 150 "${check[@]}" --backends triton --skip-pytest --skip-bench "${extra[@]}"
+step speed 150 "${check[@]}" --backends "" --skip-pytest --compile-budget 60 --profile "${extra[@]}"
 # A crash (not an exception) in a native op's error path: where, by a C++ backtrace
 cat > /tmp/fastvae_raise.py <<'PY'
 import torch, fastvae
@@ -52,4 +50,4 @@ except RuntimeError as e:
 PY
 step backtrace 60 cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt \
   --args python3 /tmp/fastvae_raise.py
-step memcheck 120 compute-sanitizer --tool memcheck --print-limit 20 python3 bench/gpu_check.py --sanitize
+step memcheck 120 compute-sanitizer --tool memcheck --print-limit 20 "${check[@]}" --sanitize "${extra[@]}"
