@@ -4,12 +4,16 @@
 //
 // Forward: conv_transpose2d through ATen (cuDNN, bias fused) in x's memory format; a
 // moments kernel (one block per (sample, channel) plane and split, Welford per thread on
-// values shifted by the group's first element, Chan merge across the warp and block, in
-// float32), a finalize kernel merging the partials of each (sample, group), then one
-// elementwise kernel for normalize + affine/AdaIN + activation.
+// values shifted by the statistic's first element, Chan merge across the warp and block, in
+// float32), a finalize kernel merging the partials of each statistic, then one elementwise
+// kernel for normalize + affine/AdaIN + activation.
 // Backward: a reduction kernel giving per-plane sums of g_a, g_a*n, g_n, g_n*n (and the
-// spatial AdaIN gradients; grad_h directly without norm), a deterministic sum over splits,
-// an elementwise grad_h kernel, then convolution_backward through ATen.
+// spatial AdaIN gradients; grad_h directly without norm), a finalize kernel per statistic
+// and one per affine gradient (fixed summation order: deterministic), an elementwise grad_h
+// kernel, then convolution_backward through ATen.
+// The kernels read statistics and scale/shift through index maps (StatPlanes, AffineArg):
+// the host builds no per-plane tables, so a step is about 8 launches around cuDNN's (on an
+// H200 the launcher's ~40 small ATen ops of per-plane tables cost more than the kernels).
 #include <ATen/Dispatch.h>
 #include <ATen/ExpandUtils.h>
 #include <ATen/core/Tensor.h>
@@ -17,8 +21,6 @@
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -104,19 +106,47 @@ __device__ void block_sum4(T v[4]) {
   }
 }
 
-// grid (N*C, splits): moments of one split of a plane, shifted by shift[plane].
+// Which planes (sample * C + channel) share a statistic. GroupNorm: statistic
+// s = sample * groups + group holds planes first(s) + k, k < C / groups; BatchNorm: statistic
+// s = channel holds planes s + k * C, k < N. The kernels index the statistics through it, so
+// no per-plane table is built on the host.
+struct StatPlanes {
+  int64_t c, groups, members, stride;  // groups == kBatch for BatchNorm
+  __host__ __device__ bool batch() const { return groups == kBatch; }
+  __host__ __device__ int64_t first(int64_t s) const {
+    return batch() ? s : (s / groups) * c + (s % groups) * (c / groups);
+  }
+  __host__ __device__ int64_t stat_of(int64_t plane) const {
+    return batch() ? plane % c : (plane / c) * groups + (plane % c) / (c / groups);
+  }
+};
+
+// groups != 0 only: without a norm there are no statistics (and c / groups is undefined)
+StatPlanes stat_planes(int64_t n, int64_t c, int64_t groups) {
+  if (groups == kBatch) return StatPlanes{c, kBatch, n, c};
+  return StatPlanes{c, groups, c / groups, 1};
+}
+
+// The shift each statistic's moments are taken about: pixel 0 of its first plane (keeps the
+// variance exact when the mean is large against the spread).
 template <typename scalar_t, typename acc_t>
-__global__ void plane_moments_kernel(const scalar_t* __restrict__ h,     // (N, C, H, W) dense
-                                     const acc_t* __restrict__ shift,    // (N*C)
-                                     int64_t c, int64_t hw, bool nhwc,
-                                     acc_t* __restrict__ partial) {      // (N*C, splits, 3)
+__device__ __forceinline__ acc_t stat_shift(const scalar_t* h, const StatPlanes& sp, int64_t s,
+                                            int64_t hw, bool nhwc) {
+  return static_cast<acc_t>(h[plane_offset(sp.first(s), 0, sp.c, hw, nhwc)]);
+}
+
+// grid (N*C, splits): moments of one split of a plane, shifted by its statistic's shift.
+template <typename scalar_t, typename acc_t>
+__global__ void plane_moments_kernel(const scalar_t* __restrict__ h,  // (N, C, H, W) dense
+                                     StatPlanes sp, int64_t hw, bool nhwc,
+                                     acc_t* __restrict__ partial) {   // (N*C, splits, 3)
   const int64_t plane = blockIdx.x;
   const int64_t chunk = (hw + gridDim.y - 1) / gridDim.y;
   const int64_t p0 = blockIdx.y * chunk, p1 = min(hw, p0 + chunk);
-  const acc_t k = shift[plane];
+  const acc_t k = stat_shift<scalar_t, acc_t>(h, sp, sp.stat_of(plane), hw, nhwc);
   Moments<acc_t> m{0, 0, 0};
   for (int64_t p = p0 + threadIdx.x; p < p1; p += blockDim.x)
-    m = deconv::push(m, static_cast<acc_t>(h[plane_offset(plane, p, c, hw, nhwc)]) - k);
+    m = deconv::push(m, static_cast<acc_t>(h[plane_offset(plane, p, sp.c, hw, nhwc)]) - k);
   m = block_merge(m);
   if (threadIdx.x == 0) {
     acc_t* out = partial + (plane * gridDim.y + blockIdx.y) * 3;
@@ -126,27 +156,12 @@ __global__ void plane_moments_kernel(const scalar_t* __restrict__ h,     // (N, 
   }
 }
 
-// Which planes (sample * C + channel) share a statistic: statistic s of `per_sample` ones
-// per sample starts at plane (s / per_sample) * C + (s % per_sample) * width and has
-// `members` planes `stride` apart. GroupNorm: per_sample = groups, width = C / groups,
-// stride 1, members = C / groups; BatchNorm: per_sample = C, width 1, stride C, members N.
-struct StatPlanes {
-  int64_t c, per_sample, width, stride, members;
-  __host__ __device__ int64_t first(int64_t s) const {
-    return (s / per_sample) * c + (s % per_sample) * width;
-  }
-};
-
-StatPlanes stat_planes(int64_t n, int64_t c, int64_t groups) {
-  if (groups == kBatch) return StatPlanes{c, c, 1, c, n};
-  return StatPlanes{c, groups, c / groups, 1, c / groups};
-}
-
 // One thread per statistic: merges its planes' partials into mean and rstd.
-template <typename acc_t>
-__global__ void group_finalize_kernel(const acc_t* __restrict__ partial,  // (N*C, splits, 3)
-                                      const acc_t* __restrict__ shift,    // (N*C)
-                                      int64_t n_stats, StatPlanes sp, int splits, acc_t eps,
+template <typename scalar_t, typename acc_t>
+__global__ void group_finalize_kernel(const scalar_t* __restrict__ h,
+                                      const acc_t* __restrict__ partial,  // (N*C, splits, 3)
+                                      int64_t n_stats, StatPlanes sp, int splits, int64_t hw,
+                                      bool nhwc, acc_t eps,
                                       acc_t* __restrict__ mean,  // (N, groups) or (1, C)
                                       acc_t* __restrict__ rstd) {
   const int64_t s = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -158,22 +173,42 @@ __global__ void group_finalize_kernel(const acc_t* __restrict__ partial,  // (N*
       const acc_t* q = partial + ((first + k * sp.stride) * splits + j) * 3;
       m = deconv::merge(m, Moments<acc_t>{q[0], q[1], q[2]});
     }
-  mean[s] = shift[first] + m.mean;
+  mean[s] = stat_shift<scalar_t, acc_t>(h, sp, s, hw, nhwc) + m.mean;
   rstd[s] = deconv::rstd_of(m, eps);
 }
 
-// Operands of the elementwise kernels: per-plane tables and per-element affine terms.
+// scale or shift as the kernels read it: absent (the default 1 / 0), a per-(sample, channel)
+// value read through strides (sample stride 0 when shared by the batch), or spatial: dense
+// in the output's layout, read at the element's own index.
+template <typename acc_t>
+struct AffineArg {
+  const acc_t* p;
+  int64_t sn, sc;
+  bool full;
+  acc_t fill;
+  __device__ __forceinline__ acc_t at(int64_t i, int64_t plane, int64_t c) const {
+    if (p == nullptr) return fill;
+    return full ? p[i] : p[(plane / c) * sn + (plane % c) * sc];
+  }
+};
+
+// Operands of the elementwise kernels.
 template <typename acc_t>
 struct Epilogue {
-  const acc_t* mean;   // (N*C)
-  const acc_t* rstd;   // (N*C)
-  const acc_t* scale;  // (N*C), or dense like the output when scale_full
-  const acc_t* shift;
-  bool scale_full, shift_full;
+  const acc_t* mean;  // per statistic, nullptr without norm
+  const acc_t* rstd;
+  StatPlanes sp;
+  AffineArg<acc_t> scale, shift;
   Activation act;
   acc_t slope;
   int64_t c, hw;
   bool nhwc;
+  __device__ __forceinline__ acc_t mean_of(int64_t plane) const {
+    return mean ? mean[sp.stat_of(plane)] : acc_t(0);
+  }
+  __device__ __forceinline__ acc_t rstd_of(int64_t plane) const {
+    return rstd ? rstd[sp.stat_of(plane)] : acc_t(1);
+  }
 };
 
 template <typename scalar_t, typename acc_t>
@@ -183,8 +218,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ h, scalar_t* __restr
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t pl = plane_of(i, e.c, e.hw, e.nhwc);
     y[i] = static_cast<scalar_t>(deconv::forward<acc_t>(
-        static_cast<acc_t>(h[i]), e.mean[pl], e.rstd[pl], e.scale[e.scale_full ? i : pl],
-        e.shift[e.shift_full ? i : pl], e.act, e.slope));
+        static_cast<acc_t>(h[i]), e.mean_of(pl), e.rstd_of(pl), e.scale.at(i, pl, e.c),
+        e.shift.at(i, pl, e.c), e.act, e.slope));
   }
 }
 
@@ -201,13 +236,14 @@ __global__ void backward_reduce_kernel(const scalar_t* __restrict__ gy,
   const int64_t plane = blockIdx.x;
   const int64_t chunk = (e.hw + gridDim.y - 1) / gridDim.y;
   const int64_t p0 = blockIdx.y * chunk, p1 = min(e.hw, p0 + chunk);
+  const acc_t mean = e.mean_of(plane), rstd = e.rstd_of(plane);
   acc_t v[4] = {0, 0, 0, 0};
   for (int64_t p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
     const int64_t i = plane_offset(plane, p, e.c, e.hw, e.nhwc);
-    const acc_t sc = e.scale[e.scale_full ? i : plane];
+    const acc_t sc = e.scale.at(i, plane, e.c);
     const auto t = deconv::backward_terms<acc_t>(
-        static_cast<acc_t>(gy[i]), static_cast<acc_t>(h[i]), e.mean[plane], e.rstd[plane], sc,
-        e.shift[e.shift_full ? i : plane], e.act, e.slope);
+        static_cast<acc_t>(gy[i]), static_cast<acc_t>(h[i]), mean, rstd, sc,
+        e.shift.at(i, plane, e.c), e.act, e.slope);
     const acc_t g_n = t.g_a * sc;
     if (gscale_full) gscale_full[i] = t.g_a * t.n;
     if (gshift_full) gshift_full[i] = t.g_a;
@@ -222,20 +258,59 @@ __global__ void backward_reduce_kernel(const scalar_t* __restrict__ gy,
     for (int k = 0; k < 4; ++k) partial[(plane * gridDim.y + blockIdx.y) * 4 + k] = v[k];
 }
 
+// One thread per statistic: the means of g_n and g_n * n over its planes, in a fixed order
+// (deterministic). mean_gn is (n_stats, 2).
+template <typename acc_t>
+__global__ void backward_finalize_kernel(const acc_t* __restrict__ partial,  // (N*C, splits, 4)
+                                         int64_t n_stats, StatPlanes sp, int splits, int64_t hw,
+                                         acc_t* __restrict__ mean_gn) {
+  const int64_t s = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (s >= n_stats) return;
+  const int64_t first = sp.first(s);
+  acc_t g = 0, g_n = 0;
+  for (int64_t k = 0; k < sp.members; ++k)
+    for (int j = 0; j < splits; ++j) {
+      const acc_t* q = partial + ((first + k * sp.stride) * splits + j) * 4;
+      g += q[2];
+      g_n += q[3];
+    }
+  const acc_t count = static_cast<acc_t>(sp.members * hw);
+  mean_gn[2 * s] = g / count;
+  mean_gn[2 * s + 1] = g_n / count;
+}
+
+// One thread per element of a per-channel or per-(sample, channel) grad_scale / grad_shift:
+// the sum of partial column `col` over the planes and splits it covers (all samples when
+// the affine term is shared by the batch).
+template <typename acc_t>
+__global__ void affine_grad_kernel(const acc_t* __restrict__ partial,  // (N*C, splits, 4)
+                                   int64_t n, int64_t c, int splits, int col, bool per_sample,
+                                   acc_t* __restrict__ out) {           // (N or 1, C)
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= (per_sample ? n : 1) * c) return;
+  const int64_t ch = e % c;
+  const int64_t n0 = per_sample ? e / c : 0, n1 = per_sample ? n0 + 1 : n;
+  acc_t sum = 0;
+  for (int64_t i = n0; i < n1; ++i)
+    for (int j = 0; j < splits; ++j) sum += partial[((i * c + ch) * splits + j) * 4 + col];
+  out[e] = sum;
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void grad_h_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ h,
-                              Epilogue<acc_t> e, const acc_t* __restrict__ mean_gn,    // (N*C)
-                              const acc_t* __restrict__ mean_gn_n,                     // (N*C)
+                              Epilogue<acc_t> e,
+                              const acc_t* __restrict__ mean_gn,  // (n_stats, 2)
                               scalar_t* __restrict__ gh, int64_t total) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t pl = plane_of(i, e.c, e.hw, e.nhwc);
-    const acc_t sc = e.scale[e.scale_full ? i : pl];
+    const int64_t s = e.sp.stat_of(pl);
+    const acc_t sc = e.scale.at(i, pl, e.c), rstd = e.rstd[s];
     const auto t = deconv::backward_terms<acc_t>(
-        static_cast<acc_t>(gy[i]), static_cast<acc_t>(h[i]), e.mean[pl], e.rstd[pl], sc,
-        e.shift[e.shift_full ? i : pl], e.act, e.slope);
+        static_cast<acc_t>(gy[i]), static_cast<acc_t>(h[i]), e.mean[s], rstd, sc,
+        e.shift.at(i, pl, e.c), e.act, e.slope);
     gh[i] = static_cast<scalar_t>(
-        deconv::grad_pre_norm<acc_t>(t.g_a * sc, t.n, e.rstd[pl], mean_gn[pl], mean_gn_n[pl]));
+        deconv::grad_pre_norm<acc_t>(t.g_a * sc, t.n, rstd, mean_gn[2 * s], mean_gn[2 * s + 1]));
   }
 }
 
@@ -245,33 +320,34 @@ int elementwise_grid(int64_t total) {
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
 }
 
+int blocks_of(int64_t threads) { return static_cast<int>((threads + kThreads - 1) / kThreads); }
+
 int splits_of(int64_t hw) {
   return static_cast<int>(std::min<int64_t>((hw + kSplitElems - 1) / kSplitElems, kMaxSplits));
 }
 
-// (N, groups) or, for BatchNorm, (1, C) statistics -> (N*C) table; `none` without norm.
-at::Tensor per_plane(const at::Tensor& per_group, int64_t n, int64_t c, int64_t groups,
-                     double none, const at::TensorOptions& acc) {
-  if (groups == 0) return at::full({n * c}, none, acc);
-  if (groups == kBatch) {
-    return per_group.to(acc.dtype()).view({1, c}).expand({n, c}).reshape({n * c}).contiguous();
-  }
-  return per_group.to(acc.dtype()).view({n, groups, 1}).expand({n, groups, c / groups})
-      .reshape({n * c}).contiguous();
+// `t` in the compute type, dense: no copy when it already is (float32 statistics always are).
+at::Tensor in_acc(const at::Tensor& t, at::ScalarType acc) {
+  return t.to(acc).contiguous();
 }
 
-// scale/shift as the kernels read them: (N*C) table, or dense in the output's layout.
-at::Tensor affine_operand(const c10::optional<at::Tensor>& t, const at::Tensor& out,
-                          at::MemoryFormat fmt, double fill, const at::TensorOptions& acc,
-                          bool* full) {
-  const int64_t n = out.size(0), c = out.size(1);
-  *full = false;
-  if (!t.has_value() || !t->defined()) return at::full({n * c}, fill, acc);
+// The operand of an optional scale/shift of shape (N or 1, C or 1, Ho or 1, Wo or 1); the
+// tensor it reads is returned in `keep` (alive until the kernels are launched).
+template <typename acc_t>
+AffineArg<acc_t> affine_arg(const c10::optional<at::Tensor>& t, const at::Tensor& out,
+                            at::MemoryFormat fmt, acc_t fill, at::ScalarType acc,
+                            at::Tensor* keep) {
+  if (!t.has_value() || !t->defined()) return AffineArg<acc_t>{nullptr, 0, 0, false, fill};
   TORCH_CHECK(t->device() == out.device(), "deconv_block: scale/shift must be on x's device");
-  if (t->size(2) == 1 && t->size(3) == 1)
-    return t->to(acc.dtype()).expand({n, c, 1, 1}).reshape({n * c}).contiguous();
-  *full = true;
-  return t->to(acc.dtype()).expand(out.sizes()).contiguous(fmt);
+  TORCH_CHECK(t->dim() == 4, "deconv_block: scale/shift must be 4-D");
+  if (t->size(2) == 1 && t->size(3) == 1) {
+    *keep = in_acc(*t, acc);
+    const int64_t sc = keep->size(1) == 1 ? 0 : 1;
+    const int64_t sn = keep->size(0) == 1 ? 0 : keep->size(1);
+    return AffineArg<acc_t>{keep->data_ptr<acc_t>(), sn, sc, false, fill};
+  }
+  *keep = t->to(acc).expand(out.sizes()).contiguous(fmt);
+  return AffineArg<acc_t>{keep->data_ptr<acc_t>(), 0, 0, true, fill};
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef geometry) {
@@ -299,43 +375,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
   TORCH_CHECK(groups == kBatch || (groups >= 0 && (groups == 0 || c % groups == 0)),
               "deconv_block: groups must divide the output channels (or be -1, BatchNorm)");
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
-  const auto acc = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_opts = x.options().dtype(acc);
   const int64_t n_stats = groups == kBatch ? c : n * groups;
   const auto stat_shape = groups == kBatch ? std::vector<int64_t>{1, c}
                                            : std::vector<int64_t>{n, groups};
-  at::Tensor mean = at::empty(stat_shape, acc), rstd = at::empty(stat_shape, acc);
+  at::Tensor mean = at::empty(stat_shape, acc_opts), rstd = at::empty(stat_shape, acc_opts);
   at::Tensor y = at::empty_like(pre);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_fwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    StatPlanes sp{c, 0, 0, 0};
     if (groups) {
-      // every plane's shift: pixel 0 of its statistic's first plane
-      const at::Tensor pixel0 = pre.select(3, 0).select(2, 0).to(acc.dtype());  // (N, C)
-      const at::Tensor shift_t =
-          groups == kBatch
-              ? pixel0.select(0, 0).view({1, c}).expand({n, c}).reshape({n * c}).contiguous()
-              : pixel0.view({n, groups, c / groups}).select(2, 0).view({n, groups, 1})
-                    .expand({n, groups, c / groups}).reshape({n * c}).contiguous();
-      const StatPlanes sp = stat_planes(n, c, groups);  // groups != 0: c / groups is defined
+      sp = stat_planes(n, c, groups);  // groups != 0: c / groups is defined
       const int splits = splits_of(hw);
-      at::Tensor partial = at::empty({n * c, splits, 3}, acc);
+      at::Tensor partial = at::empty({n * c, splits, 3}, acc_opts);
       plane_moments_kernel<scalar_t, acc_t><<<dim3(n * c, splits), kThreads, 0, stream>>>(
-          pre.data_ptr<scalar_t>(), shift_t.data_ptr<acc_t>(), c, hw, nhwc,
-          partial.data_ptr<acc_t>());
+          pre.data_ptr<scalar_t>(), sp, hw, nhwc, partial.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      group_finalize_kernel<acc_t><<<(n_stats + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-          partial.data_ptr<acc_t>(), shift_t.data_ptr<acc_t>(), n_stats, sp, splits,
+      group_finalize_kernel<scalar_t, acc_t><<<blocks_of(n_stats), kThreads, 0, stream>>>(
+          pre.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), n_stats, sp, splits, hw, nhwc,
           static_cast<acc_t>(eps), mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const at::Tensor mean_p = per_plane(mean, n, c, groups, 0.0, acc);
-    const at::Tensor rstd_p = per_plane(rstd, n, c, groups, 1.0, acc);
-    bool sfull, tfull;
-    const at::Tensor s = affine_operand(scale, pre, fmt, 1.0, acc, &sfull);
-    const at::Tensor t = affine_operand(shift, pre, fmt, 0.0, acc, &tfull);
-    const Epilogue<acc_t> e{mean_p.data_ptr<acc_t>(), rstd_p.data_ptr<acc_t>(), s.data_ptr<acc_t>(),
-                            t.data_ptr<acc_t>(), sfull, tfull, act,
-                            static_cast<acc_t>(negative_slope), c, hw, nhwc};
+    at::Tensor s_keep, t_keep;
+    const Epilogue<acc_t> e{groups ? mean.data_ptr<acc_t>() : nullptr,
+                            groups ? rstd.data_ptr<acc_t>() : nullptr,
+                            sp,
+                            affine_arg<acc_t>(scale, pre, fmt, acc_t(1), acc, &s_keep),
+                            affine_arg<acc_t>(shift, pre, fmt, acc_t(0), acc, &t_keep),
+                            act, static_cast<acc_t>(negative_slope), c, hw, nhwc};
     const int64_t total = pre.numel();
     forward_kernel<scalar_t, acc_t><<<elementwise_grid(total), kThreads, 0, stream>>>(
         pre.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), total, e);
@@ -360,55 +429,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   const at::Tensor gy = grad_y.to(pre.scalar_type()).contiguous(fmt);
   const int64_t n = pre.size(0), c = pre.size(1), hw = pre.size(2) * pre.size(3);
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
-  const auto acc = x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_opts = x.options().dtype(acc);
   at::Tensor gh = at::empty_like(pre);
-  at::Tensor grad_scale = at::empty({0}, acc), grad_shift = at::empty({0}, acc);
+  at::Tensor grad_scale = at::empty({0}, acc_opts), grad_shift = at::empty({0}, acc_opts);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_bwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    const at::Tensor mean_p = per_plane(mean, n, c, groups, 0.0, acc);
-    const at::Tensor rstd_p = per_plane(rstd, n, c, groups, 1.0, acc);
-    bool sfull, tfull;
-    const at::Tensor s = affine_operand(scale, pre, fmt, 1.0, acc, &sfull);
-    const at::Tensor t = affine_operand(shift, pre, fmt, 0.0, acc, &tfull);
-    at::Tensor gsf = sfull ? at::empty_like(s) : at::Tensor();
-    at::Tensor gtf = tfull ? at::empty_like(t) : at::Tensor();
-    const Epilogue<acc_t> e{mean_p.data_ptr<acc_t>(), rstd_p.data_ptr<acc_t>(), s.data_ptr<acc_t>(),
-                            t.data_ptr<acc_t>(), sfull, tfull, act,
-                            static_cast<acc_t>(negative_slope), c, hw, nhwc};
+    const StatPlanes sp = groups ? stat_planes(n, c, groups) : StatPlanes{c, 0, 0, 0};
+    const at::Tensor mean_a = groups ? in_acc(mean, acc) : mean;
+    const at::Tensor rstd_a = groups ? in_acc(rstd, acc) : rstd;
+    at::Tensor s_keep, t_keep;
+    const AffineArg<acc_t> s = affine_arg<acc_t>(scale, pre, fmt, acc_t(1), acc, &s_keep);
+    const AffineArg<acc_t> t = affine_arg<acc_t>(shift, pre, fmt, acc_t(0), acc, &t_keep);
+    at::Tensor gsf = s.full ? at::empty_like(s_keep) : at::Tensor();
+    at::Tensor gtf = t.full ? at::empty_like(t_keep) : at::Tensor();
+    const Epilogue<acc_t> e{groups ? mean_a.data_ptr<acc_t>() : nullptr,
+                            groups ? rstd_a.data_ptr<acc_t>() : nullptr,
+                            sp, s, t, act, static_cast<acc_t>(negative_slope), c, hw, nhwc};
     const int splits = splits_of(hw);
-    at::Tensor partial = at::empty({n * c, splits, 4}, acc);
+    at::Tensor partial = at::empty({n * c, splits, 4}, acc_opts);
     backward_reduce_kernel<scalar_t, acc_t><<<dim3(n * c, splits), kThreads, 0, stream>>>(
         gy.data_ptr<scalar_t>(), pre.data_ptr<scalar_t>(), e,
-        sfull ? gsf.data_ptr<acc_t>() : nullptr, tfull ? gtf.data_ptr<acc_t>() : nullptr,
+        s.full ? gsf.data_ptr<acc_t>() : nullptr, t.full ? gtf.data_ptr<acc_t>() : nullptr,
         gh.data_ptr<scalar_t>(), groups == 0, partial.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const at::Tensor sums = partial.sum(1).view({n, c, 4});  // fixed order: deterministic
-    if (scale.has_value() && scale->defined()) {
-      const at::Tensor g = sfull ? gsf : sums.select(2, 1).reshape({n, c, 1, 1});
-      grad_scale = at::sum_to(g, scale->sizes()).to(scale->scalar_type()).contiguous();
-    }
-    if (shift.has_value() && shift->defined()) {
-      const at::Tensor g = tfull ? gtf : sums.select(2, 0).reshape({n, c, 1, 1});
-      grad_shift = at::sum_to(g, shift->sizes()).to(shift->scalar_type()).contiguous();
-    }
+    // grad_scale / grad_shift: partial columns 1 (g_a * n) and 0 (g_a), or the spatial terms
+    auto affine_grad = [&](const at::Tensor& like, bool full, const at::Tensor& g_full, int col) {
+      if (full) return at::sum_to(g_full, like.sizes()).to(like.scalar_type()).contiguous();
+      const bool per_sample = like.size(0) != 1;
+      at::Tensor g = at::empty({per_sample ? n : 1, c}, acc_opts);
+      affine_grad_kernel<acc_t><<<blocks_of(g.numel()), kThreads, 0, stream>>>(
+          partial.data_ptr<acc_t>(), n, c, splits, col, per_sample, g.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return at::sum_to(g.view({g.size(0), c, 1, 1}), like.sizes()).to(like.scalar_type())
+          .contiguous();
+    };
+    if (scale.has_value() && scale->defined()) grad_scale = affine_grad(*scale, s.full, gsf, 1);
+    if (shift.has_value() && shift->defined()) grad_shift = affine_grad(*shift, t.full, gtf, 0);
     if (groups) {
-      // each statistic's means of g_n and g_n * n over its planes, per plane
-      auto group_mean = [&](int k) {
-        if (groups == kBatch) {
-          return sums.select(2, k).sum(0, true).div(static_cast<double>(n * hw))
-              .expand({n, c}).reshape({n * c}).contiguous();
-        }
-        const int64_t cg = c / groups;
-        return sums.select(2, k).reshape({n, groups, cg}).sum(2, true)
-            .div(static_cast<double>(cg * hw)).expand({n, groups, cg}).reshape({n * c})
-            .contiguous();
-      };
-      const at::Tensor mean_gn = group_mean(2), mean_gn_n = group_mean(3);
+      const int64_t n_stats = groups == kBatch ? c : n * groups;
+      at::Tensor mean_gn = at::empty({n_stats, 2}, acc_opts);
+      backward_finalize_kernel<acc_t><<<blocks_of(n_stats), kThreads, 0, stream>>>(
+          partial.data_ptr<acc_t>(), n_stats, sp, splits, hw, mean_gn.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int64_t total = pre.numel();
       grad_h_kernel<scalar_t, acc_t><<<elementwise_grid(total), kThreads, 0, stream>>>(
           gy.data_ptr<scalar_t>(), pre.data_ptr<scalar_t>(), e, mean_gn.data_ptr<acc_t>(),
-          mean_gn_n.data_ptr<acc_t>(), gh.data_ptr<scalar_t>(), total);
+          gh.data_ptr<scalar_t>(), total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
