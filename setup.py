@@ -28,6 +28,7 @@ CAPABILITY_FLAGS = {
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
 }
+CXX_STD = "-std=c++20"  # torch 2.14's headers need it; 2.11's take it
 if platform.machine().lower() not in ("x86_64", "amd64"):
     CAPABILITY_FLAGS = {"DEFAULT": []}
 
@@ -56,7 +57,12 @@ def extension():
     # -fno-trapping-math lets gcc if-convert float selects such as `a > 0 ? g : g * slope`
     # (it will not speculate a multiply that could raise an FP exception flag otherwise),
     # which the epilogue loops need to vectorize; results are bit-for-bit the same.
-    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    # One C++ standard for every object, named here: BuildExtension adds its own only where
+    # none is given, and that one depends on torch's version (c++17 in 2.11, c++20 in 2.14),
+    # so the capability objects compiled below once differed from the rest there: inline
+    # functions of torch's headers defined two ways in one library (the suspected, not yet
+    # verified, cause of the segfault formatting an argument error on the H200's torch 2.11).
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", CXX_STD]
     if len(CAPABILITY_FLAGS) > 1:
         cxx.append("-DFASTVAE_X86_CAPABILITIES")
     kwargs = {"include_dirs": [os.path.abspath("csrc")], "extra_link_args": ["-fopenmp"],
@@ -64,7 +70,7 @@ def extension():
     if build_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "--use_fast_math", "-DWITH_CUDA"]
+        nvcc = ["-O3", "--use_fast_math", "-DWITH_CUDA", CXX_STD]
         return CUDAExtension("fastvae._C", sources, extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
                              **kwargs)
     return CppExtension("fastvae._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
@@ -83,8 +89,6 @@ class BuildWithCapabilities(BuildExtension):
         cxx_args = cxx_args.get("cxx", []) if isinstance(cxx_args, dict) else cxx_args
         base = [os.environ.get("CXX", "c++")] + self.compiler.compiler_so[1:]
         base += [f"-I{d}" for d in ext.include_dirs] + cxx_args
-        if not any(a.startswith("-std=") for a in base):
-            base.append("-std=c++20")  # what BuildExtension adds to its own compiles
         jobs = []
         for cap, flags in CAPABILITY_FLAGS.items():
             for src in CAPABILITY_SOURCES:
