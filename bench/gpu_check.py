@@ -14,7 +14,7 @@
    pass, x3 for fwd+bwd) as a fraction of the copy bandwidth / bf16 GEMM rate measured in
    the same run, and the ratio to eager.
 Options: --skip-pytest, --skip-bench, --backends native,triton ("" for none),
---ops reparam_kl,deconv_block, --bench-backends native,triton, --compile-budget S,
+--ops reparam_kl,deconv_block, --bench-backends native,triton,auto, --compile-budget S,
 --sanitize (the smallest native cases only, for `compute-sanitizer --tool memcheck`). Exits 1 if a correctness check failed.
 """
 import argparse
@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def available(backend, op):
     from fastvae.backends import _unavailable_reason
-    return _unavailable_reason(backend, op, "cuda") is None
+    return backend == "auto" or _unavailable_reason(backend, op, "cuda") is None
 
 
 # ------------------------------------------------------------------------- correctness
@@ -411,7 +411,7 @@ def main() -> int:
                         help="comma-separated backends to check against the reference")
     parser.add_argument("--ops", default="deconv_block,reparam_kl",
                         help="comma-separated ops to check and time")
-    parser.add_argument("--bench-backends", default="native,triton",
+    parser.add_argument("--bench-backends", default="native,triton,auto",
                         help="comma-separated backends to time beside eager and torch.compile")
     parser.add_argument("--profile", action="store_true",
                         help="after the speed table, torch.profiler tables of two layers")

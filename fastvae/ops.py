@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _validate
+from . import _eager_deconv, _validate
 from .backends import implementation, resolve
 from .reference import BATCH, compute_dtype, memory_format
 
@@ -362,6 +362,11 @@ def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
                            running_mean, running_var, momentum, training, style_scale,
                            style_shift, activation, eps)
     concrete = resolve(backend, "deconv_block", x.device)
+    if _eager_deconv.uses_eager(backend, concrete, x):
+        return _eager_deconv.deconv_block(
+            x, weight, bias, geometry, norm, num_groups, norm_weight, norm_bias, running_mean,
+            running_var, momentum, training, style_scale, style_shift, activation,
+            negative_slope, eps)
     batch_stats = norm == "batch" and (training or running_mean is None)
     if norm == "batch" and not batch_stats:  # eval: the running statistics are an affine
         groups, scale, shift = _folded_batch_norm(weight.shape[1], norm_weight, norm_bias,

@@ -1,0 +1,73 @@
+"""deconv_block as the eager modules it replaces compute it: ConvTranspose2d, then GroupNorm /
+InstanceNorm / BatchNorm (or AdaIN's affine), then the activation, each one PyTorch op with
+PyTorch's own autograd.
+
+`backend="auto"` takes this path where the fused kernels are measured slower than eager
+PyTorch (the brief: never ship a path slower than what it replaces). Today that is every
+CUDA layer: on an H200 the fused CUDA block ran at 0.52-0.89x eager on the 14 layer/layout
+cases of bench/gpu_check.py (host-bound launches and slow epilogue reductions), so
+`fastvae.deconv_block` on CUDA with `auto` runs these ops. `backend="native"` still runs
+the fused kernels, for measuring them. Math and dtypes are eager's (a bfloat16 block
+normalizes in bfloat16 as nn.GroupNorm does), not the float32 of the fused backends.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .reference import activate
+
+
+def uses_eager(requested: str, concrete: str, x: Tensor) -> bool:
+    """Whether fastvae.deconv_block runs eager's ops instead of `concrete`'s kernels: for
+    `auto` on CUDA, where no layer measured yet is faster fused (see the module docstring;
+    bench/gpu_check.py measures both on the next GPU)."""
+    return requested == "auto" and concrete == "native" and x.device.type == "cuda"
+
+
+def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor], geometry: list,
+                 norm: str, num_groups: int, norm_weight: Optional[Tensor],
+                 norm_bias: Optional[Tensor], running_mean: Optional[Tensor],
+                 running_var: Optional[Tensor], momentum: Optional[float], training: bool,
+                 style_scale: Optional[Tensor], style_shift: Optional[Tensor],
+                 activation: str, negative_slope: float, eps: float) -> Tensor:
+    """fastvae.deconv_block's arguments, already validated; the same result up to rounding,
+    and the running statistics updated in place by F.batch_norm itself."""
+    sh, sw, ph, pw, oh, ow = geometry
+    h = F.conv_transpose2d(x, weight, bias, stride=(sh, sw), padding=(ph, pw),
+                           output_padding=(oh, ow))
+    style = style_scale is not None or style_shift is not None
+    affine_w, affine_b = (None, None) if style else (norm_weight, norm_bias)
+    if norm == "batch":
+        batch_stats = training or running_mean is None
+        h = F.batch_norm(h, running_mean, running_var, affine_w, affine_b,
+                         training=batch_stats, momentum=momentum or 0.0, eps=eps)
+    elif norm == "group":
+        h = F.group_norm(h, num_groups, affine_w, affine_b, eps)
+    elif norm == "instance":
+        h = F.instance_norm(h, weight=affine_w, bias=affine_b, eps=eps)
+    elif not style and (norm_weight is not None or norm_bias is not None):
+        h = _affine(h, _per_channel(norm_weight), _per_channel(norm_bias))
+    if style:  # AdaIN: (N, C) per sample and channel, or (N, C, Ho, Wo) per pixel
+        h = _affine(h, _per_sample(style_scale), _per_sample(style_shift))
+    return activate(h, activation, negative_slope)
+
+
+def _per_channel(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.view(1, -1, 1, 1)
+
+
+def _per_sample(t: Optional[Tensor]) -> Optional[Tensor]:
+    if t is None or t.dim() == 4:
+        return t
+    return t.view(*t.shape, 1, 1)
+
+
+def _affine(h: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:
+    """h * scale + shift in h's dtype, one kernel when both are given."""
+    scale = None if scale is None else scale.to(h.dtype)
+    shift = None if shift is None else shift.to(h.dtype)
+    if scale is not None and shift is not None:
+        return torch.addcmul(shift, h, scale)
+    return h * scale if shift is None else h + shift
