@@ -5,9 +5,9 @@ PyTorch's own autograd.
 `backend="auto"` takes this path where the fused kernels are measured slower than eager
 PyTorch (the brief: never ship a path slower than what it replaces). Today that is every
 CUDA layer: on an H200 the fused CUDA block ran at 0.52-0.89x eager on the 14 layer/layout
-cases of bench/gpu_check.py (host-bound launches and slow epilogue reductions), so
-`fastvae.deconv_block` on CUDA with `auto` runs these ops. `backend="native"` still runs
-the fused kernels, for measuring them. Math and dtypes are eager's (a bfloat16 block
+cases of bench/gpu_check.py (host-bound launches and slow epilogue reductions), the Triton
+block at 0.3-0.6x, so `fastvae.deconv_block` on CUDA with `auto` runs these ops.
+`backend="native"` or `"triton"` named explicitly still runs the fused kernels. Math and dtypes are eager's (a bfloat16 block
 normalizes in bfloat16 as nn.GroupNorm does), not the float32 of the fused backends.
 """
 from typing import Optional
@@ -21,9 +21,9 @@ from .reference import activate
 
 def uses_eager(requested: str, concrete: str, x: Tensor) -> bool:
     """Whether fastvae.deconv_block runs eager's ops instead of `concrete`'s kernels: for
-    `auto` on CUDA, where no layer measured yet is faster fused (see the module docstring;
-    bench/gpu_check.py measures both on the next GPU)."""
-    return requested == "auto" and concrete == "native" and x.device.type == "cuda"
+    `auto` on CUDA, where no layer measured yet is faster fused, native or Triton (see the
+    module docstring; bench/gpu_check.py times both against eager on the next GPU)."""
+    return requested == "auto" and concrete != "reference" and x.device.type == "cuda"
 
 
 def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor], geometry: list,

@@ -167,7 +167,8 @@ def test_rule_takes_eager_for_auto_native_on_cuda_only():
     assert _eager_deconv.uses_eager("auto", "native", _Stub("cuda"))
     assert not _eager_deconv.uses_eager("native", "native", _Stub("cuda"))  # asked for: fused
     assert not _eager_deconv.uses_eager("auto", "native", _Stub("cpu"))
-    assert not _eager_deconv.uses_eager("auto", "triton", _Stub("cuda"))
+    assert _eager_deconv.uses_eager("auto", "triton", _Stub("cuda"))  # CUDA without native
+    assert not _eager_deconv.uses_eager("triton", "triton", _Stub("cuda"))
     assert not _eager_deconv.uses_eager("auto", "reference", _Stub("cuda"))
 
 
