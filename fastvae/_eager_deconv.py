@@ -8,7 +8,8 @@ CUDA layer: on an H200 the fused CUDA block ran at 0.52-0.89x eager on the 14 la
 cases of bench/gpu_check.py (host-bound launches and slow epilogue reductions), the Triton
 block at 0.3-0.6x, so `fastvae.deconv_block` on CUDA with `auto` runs these ops.
 `backend="native"` or `"triton"` named explicitly still runs the fused kernels. Math and dtypes are eager's (a bfloat16 block
-normalizes in bfloat16 as nn.GroupNorm does), not the float32 of the fused backends.
+normalizes in bfloat16 as nn.GroupNorm does), not the float32 of the fused backends; and
+so is autograd: a second derivative works here, where the fused ops refuse one.
 """
 from typing import Optional
 
