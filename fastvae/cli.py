@@ -4,6 +4,7 @@ import json
 import platform
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -30,7 +31,23 @@ def info(_args) -> int:
     print("\nbackends (backend, device, op):")
     for status in fastvae.backends():
         print(status)
+    print("\nbackend='auto' runs (op, device):")
+    for op in ("reparam_kl", "deconv_block"):
+        for device in ("cpu", "cuda"):
+            print(f"    {op:13s} {device:5s} {auto_choice(op, device)}")
     return 0
+
+
+def auto_choice(op: str, device: str) -> str:
+    """What backend='auto' runs for `op` on `device` on this install."""
+    from . import _eager_deconv
+    from .backends import resolve
+    concrete = resolve("auto", op, torch.device(device))
+    stand_in = SimpleNamespace(device=torch.device(device))
+    if op == "deconv_block" and _eager_deconv.uses_eager("auto", concrete, stand_in):
+        return (f"eager PyTorch ops ({concrete}'s fused block measured slower on CUDA: "
+                "fastvae/_eager_deconv.py)")
+    return concrete
 
 
 def load_model(checkpoint: str, device: str, parser: argparse.ArgumentParser):

@@ -45,3 +45,13 @@ def test_cli_info_runs():
     out = subprocess.run([sys.executable, "-m", "fastvae", "info"], capture_output=True,
                          text=True, check=True)
     assert "backends" in out.stdout and "reference" in out.stdout
+    assert "backend='auto' runs" in out.stdout
+
+
+def test_cli_info_says_auto_runs_eager_ops_for_deconv_block_on_cuda(monkeypatch):
+    from fastvae.cli import auto_choice
+    # as on a machine with every backend built (fastvae.backends is the function there)
+    monkeypatch.setattr(sys.modules["fastvae.backends"], "resolve", lambda *args: "native")
+    assert auto_choice("deconv_block", "cuda").startswith("eager PyTorch ops (native's")
+    assert auto_choice("deconv_block", "cpu") == "native"
+    assert auto_choice("reparam_kl", "cuda") == "native"
