@@ -20,10 +20,15 @@ from torch import Tensor
 from .reference import activate
 
 
-def uses_eager(requested: str, concrete: str, x: Tensor) -> bool:
+def uses_eager(requested: str, concrete: str, x: Tensor,
+               running_mean: Optional[Tensor] = None) -> bool:
     """Whether fastvae.deconv_block runs eager's ops instead of `concrete`'s kernels: for
     `auto` on CUDA, where no layer measured yet is faster fused, native or Triton (see the
-    module docstring; bench/gpu_check.py times both against eager on the next GPU)."""
+    module docstring; bench/gpu_check.py times both against eager on the next GPU). Not
+    for running statistics of another dtype than x (float32 buffers beside a bfloat16
+    block): F.batch_norm refuses those, the fused backends take them."""
+    if running_mean is not None and running_mean.dtype != x.dtype:
+        return False
     return requested == "auto" and concrete != "reference" and x.device.type == "cuda"
 
 

@@ -43,7 +43,7 @@ def auto_choice(op: str, device: str) -> str:
     from . import _eager_deconv
     from .backends import resolve
     concrete = resolve("auto", op, torch.device(device))
-    stand_in = SimpleNamespace(device=torch.device(device))
+    stand_in = SimpleNamespace(device=torch.device(device), dtype=torch.float32)
     if op == "deconv_block" and _eager_deconv.uses_eager("auto", concrete, stand_in):
         return (f"eager PyTorch ops ({concrete}'s fused block measured slower on CUDA: "
                 "fastvae/_eager_deconv.py)")

@@ -362,7 +362,7 @@ def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
                            running_mean, running_var, momentum, training, style_scale,
                            style_shift, activation, eps)
     concrete = resolve(backend, "deconv_block", x.device)
-    if _eager_deconv.uses_eager(backend, concrete, x):
+    if _eager_deconv.uses_eager(backend, concrete, x, running_mean):
         return _eager_deconv.deconv_block(
             x, weight, bias, geometry, norm, num_groups, norm_weight, norm_bias, running_mean,
             running_var, momentum, training, style_scale, style_shift, activation,

@@ -159,8 +159,8 @@ def test_gradcheck_float64():
 
 
 class _Stub:
-    def __init__(self, device_type):
-        self.device = torch.device(device_type)
+    def __init__(self, device_type, dtype=torch.bfloat16):
+        self.device, self.dtype = torch.device(device_type), dtype
 
 
 def test_rule_takes_eager_for_auto_native_on_cuda_only():
@@ -170,6 +170,10 @@ def test_rule_takes_eager_for_auto_native_on_cuda_only():
     assert _eager_deconv.uses_eager("auto", "triton", _Stub("cuda"))  # CUDA without native
     assert not _eager_deconv.uses_eager("triton", "triton", _Stub("cuda"))
     assert not _eager_deconv.uses_eager("auto", "reference", _Stub("cuda"))
+    # float32 running statistics beside a bfloat16 block: F.batch_norm refuses them
+    assert not _eager_deconv.uses_eager("auto", "native", _Stub("cuda"), torch.zeros(3))
+    assert _eager_deconv.uses_eager("auto", "native", _Stub("cuda"),
+                                    torch.zeros(3, dtype=torch.bfloat16))
 
 
 @pytest.fixture
@@ -181,7 +185,7 @@ def eager_everywhere(monkeypatch):
     def counted(*args):
         calls.append(1)
         return real(*args)
-    monkeypatch.setattr(_eager_deconv, "uses_eager", lambda requested, concrete, x:
+    monkeypatch.setattr(_eager_deconv, "uses_eager", lambda requested, concrete, x, rm=None:
                         requested == "auto" and concrete == "native")
     monkeypatch.setattr(_eager_deconv, "deconv_block", counted)
     return calls
