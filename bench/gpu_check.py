@@ -203,6 +203,37 @@ def check_deconv_block(backend) -> bool:
     return ok
 
 
+def check_auto_is_eager(device="cuda", layers=None) -> bool:
+    """backend="auto" on CUDA runs deconv_block as the eager ops it replaces
+    (fastvae/_eager_deconv.py): the same output as the nn modules bit for bit, gradients
+    to cuDNN's run-to-run rounding, the same running statistics."""
+    import fastvae
+    ok = True
+    for (name, n, cin, cout, h, norm, act) in layers or MODEL_LAYERS:
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(0)
+            block = eager_layer(cin, cout, norm, act, device).to(dtype)
+            fused = fastvae.nn.DeconvBlock.from_modules(*block, backend="auto") \
+                if len(block) == 3 else fastvae.nn.DeconvBlock.from_modules(
+                    block[0], None, block[1], backend="auto")
+            twin = eager_layer(cin, cout, norm, act, device).to(dtype)
+            twin.load_state_dict(block.state_dict())
+            x = torch.randn(n, cin, h, h, device=device, dtype=dtype)
+            g_y = torch.randn(n, cout, 2 * h, 2 * h, device=device, dtype=dtype)
+            y_eager = twin(x)
+            grads_eager = torch.autograd.grad(y_eager, list(twin.parameters()), g_y)
+            y_auto = fused(x)
+            grads_auto = torch.autograd.grad(y_auto, list(block.parameters()), g_y)
+            good = torch.equal(y_auto, y_eager) and all(
+                torch.allclose(a, b, rtol=1e-2 if dtype != torch.float32 else 1e-4, atol=1e-3)
+                for a, b in zip(grads_auto, grads_eager)) and all(
+                torch.equal(a, b) for a, b in zip(block.buffers(), twin.buffers()))
+            print(f"  {'ok  ' if good else 'FAIL'} deconv_block[auto] {name} {str(dtype)[6:]}: "
+                  "the eager modules' output, gradients and buffers", flush=True)
+            ok &= good
+    return ok
+
+
 # Calls of the raw native ops that must raise RuntimeError naming the argument, each in
 # its own process: a crash (a signal) there is reported instead of ending the whole check.
 ERROR_CALLS = {
@@ -328,14 +359,14 @@ MODEL_LAYERS = [
 ]
 
 
-def eager_layer(cin, cout, norm, act):
+def eager_layer(cin, cout, norm, act, device="cuda"):
     from torch import nn
     mods = [nn.ConvTranspose2d(cin, cout, 4, 2, 1)]
     if norm is not None:
         mods.append({"batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(32, c),
                      "instance": lambda c: nn.InstanceNorm2d(c, affine=True)}[norm](cout))
     mods.append({"relu": nn.ReLU(), "silu": nn.SiLU(), "tanh": nn.Tanh()}[act])
-    return nn.Sequential(*mods).cuda()
+    return nn.Sequential(*mods).to(device)
 
 
 def bench_deconv_block(gemm, budget, backends):
@@ -446,7 +477,10 @@ def main() -> int:
         for op, checker in (("deconv_block", check_deconv_block), ("reparam_kl", check_reparam_kl)):
             if op not in ops:
                 continue
-            if available(backend, op):
+            if backend == "auto" and op == "deconv_block":  # eager's own ops, see above
+                print(f"{op} [auto] against the eager modules on CUDA", flush=True)
+                ok &= guarded(f"{op} [auto]", check_auto_is_eager)
+            elif available(backend, op):
                 print(f"{op} [{backend}] against the reference on CUDA", flush=True)
                 ok &= guarded(f"{op} [{backend}]", checker, backend)
             else:

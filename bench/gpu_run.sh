@@ -36,7 +36,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 step cuda_build 60 python3 tools/check_cuda_build.py
 # GPU_CHECK_ARGS go last on every gpu_check.py line, so they override (--compile-budget 0)
 check=(python3 bench/gpu_check.py) extra=(${GPU_CHECK_ARGS:-})
-step native 180 "${check[@]}" --backends native --skip-bench --error-paths "${extra[@]}"
+step native 180 "${check[@]}" --backends native,auto --skip-bench --error-paths "${extra[@]}"
 step triton 150 "${check[@]}" --backends triton --skip-pytest --skip-bench "${extra[@]}"
 step speed 150 "${check[@]}" --backends "" --skip-pytest --compile-budget 60 --profile "${extra[@]}"
 # A crash (not an exception) in a native op's error path: where, by a C++ backtrace
