@@ -207,15 +207,12 @@ def check_auto_is_eager(device="cuda", layers=None) -> bool:
     """backend="auto" on CUDA runs deconv_block as the eager ops it replaces
     (fastvae/_eager_deconv.py): the same output as the nn modules bit for bit, gradients
     to cuDNN's run-to-run rounding, the same running statistics."""
-    import fastvae
     ok = True
     for (name, n, cin, cout, h, norm, act) in layers or MODEL_LAYERS:
         for dtype in (torch.float32, torch.bfloat16):
             torch.manual_seed(0)
             block = eager_layer(cin, cout, norm, act, device).to(dtype)
-            fused = fastvae.nn.DeconvBlock.from_modules(*block, backend="auto") \
-                if len(block) == 3 else fastvae.nn.DeconvBlock.from_modules(
-                    block[0], None, block[1], backend="auto")
+            fused = fused_layer(block, "auto")
             twin = eager_layer(cin, cout, norm, act, device).to(dtype)
             twin.load_state_dict(block.state_dict())
             x = torch.randn(n, cin, h, h, device=device, dtype=dtype)
@@ -369,8 +366,15 @@ def eager_layer(cin, cout, norm, act, device="cuda"):
     return nn.Sequential(*mods).to(device)
 
 
-def bench_deconv_block(gemm, budget, backends):
+def fused_layer(block, backend):
+    """eager_layer's modules as one fastvae.nn.DeconvBlock (sharing their parameters)."""
     import fastvae
+    if len(block) == 3:
+        return fastvae.nn.DeconvBlock.from_modules(*block, backend=backend)
+    return fastvae.nn.DeconvBlock.from_modules(block[0], None, block[1], backend=backend)
+
+
+def bench_deconv_block(gemm, budget, backends):
     print(f"deconv_block fwd+bwd, bf16, 4x4 stride 2 (measured bf16 GEMM {gemm / 1e12:.0f} TFLOP/s; "
           "FLOPs: the transposed convolution's 2*N*H*W*Cin*Cout*16, x3 for fwd+bwd)")
     for (name, n, cin, cout, h, norm, act) in MODEL_LAYERS:
@@ -385,9 +389,7 @@ def bench_deconv_block(gemm, budget, backends):
                 impls["compile"] = torch.compile(block)
             for backend in backends:
                 if available(backend, "deconv_block"):
-                    impls[backend] = fastvae.nn.DeconvBlock.from_modules(*block, backend=backend) \
-                        if len(block) == 3 else fastvae.nn.DeconvBlock.from_modules(
-                            block[0], None, block[1], backend=backend)
+                    impls[backend] = fused_layer(block, backend)
             times = {}
             for impl, f in impls.items():
                 params = [x] + list(block.parameters())

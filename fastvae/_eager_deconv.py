@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import activate
+from .reference import activate, as_broadcast
 
 
 def uses_eager(requested: str, concrete: str, x: Tensor,
@@ -43,31 +43,20 @@ def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor], geometry: li
     sh, sw, ph, pw, oh, ow = geometry
     h = F.conv_transpose2d(x, weight, bias, stride=(sh, sw), padding=(ph, pw),
                            output_padding=(oh, ow))
-    style = style_scale is not None or style_shift is not None
-    affine_w, affine_b = (None, None) if style else (norm_weight, norm_bias)
+    # (validated: norm_weight/norm_bias and AdaIN's style_scale/style_shift never both)
     if norm == "batch":
         batch_stats = training or running_mean is None
-        h = F.batch_norm(h, running_mean, running_var, affine_w, affine_b,
+        h = F.batch_norm(h, running_mean, running_var, norm_weight, norm_bias,
                          training=batch_stats, momentum=momentum or 0.0, eps=eps)
     elif norm == "group":
-        h = F.group_norm(h, num_groups, affine_w, affine_b, eps)
+        h = F.group_norm(h, num_groups, norm_weight, norm_bias, eps)
     elif norm == "instance":
-        h = F.instance_norm(h, weight=affine_w, bias=affine_b, eps=eps)
-    elif not style and (norm_weight is not None or norm_bias is not None):
-        h = _affine(h, _per_channel(norm_weight), _per_channel(norm_bias))
-    if style:  # AdaIN: (N, C) per sample and channel, or (N, C, Ho, Wo) per pixel
-        h = _affine(h, _per_sample(style_scale), _per_sample(style_shift))
+        h = F.instance_norm(h, weight=norm_weight, bias=norm_bias, eps=eps)
+    elif norm_weight is not None or norm_bias is not None:
+        h = _affine(h, as_broadcast(norm_weight, True), as_broadcast(norm_bias, True))
+    if style_scale is not None or style_shift is not None:  # AdaIN: per sample, or per pixel
+        h = _affine(h, as_broadcast(style_scale, False), as_broadcast(style_shift, False))
     return activate(h, activation, negative_slope)
-
-
-def _per_channel(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.view(1, -1, 1, 1)
-
-
-def _per_sample(t: Optional[Tensor]) -> Optional[Tensor]:
-    if t is None or t.dim() == 4:
-        return t
-    return t.view(*t.shape, 1, 1)
 
 
 def _affine(h: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]) -> Tensor:

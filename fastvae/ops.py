@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _eager_deconv, _validate
 from .backends import implementation, resolve
-from .reference import BATCH, compute_dtype, memory_format
+from .reference import BATCH, as_broadcast, compute_dtype, memory_format
 
 SEED_HIGH = 2**62  # seeds drawn by torch are in [0, SEED_HIGH)
 
@@ -317,23 +317,14 @@ def reparam_kl(mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None, *,
     return z, kl
 
 
-def _as_broadcast(t: Optional[Tensor], per_channel: bool) -> Optional[Tensor]:
-    """(C,) -> (1, C, 1, 1); (N, C) -> (N, C, 1, 1); (N, C, H, W) stays."""
-    if t is None:
-        return None
-    if per_channel:
-        return t.view(1, -1, 1, 1)
-    return t if t.dim() == 4 else t.view(*t.shape, 1, 1)
-
-
 def backend_norm_args(norm, num_groups, out_channels, norm_weight, norm_bias, style_scale,
                       style_shift):
     """The public norm arguments as the backends take them: (groups, scale, shift), groups
     0 for no norm, scale/shift broadcastable to the output (AdaIN's when given)."""
     groups = {"group": num_groups, "instance": out_channels, "none": 0, "batch": BATCH}[norm]
     if style_scale is not None or style_shift is not None:
-        return groups, _as_broadcast(style_scale, False), _as_broadcast(style_shift, False)
-    return groups, _as_broadcast(norm_weight, True), _as_broadcast(norm_bias, True)
+        return groups, as_broadcast(style_scale, False), as_broadcast(style_shift, False)
+    return groups, as_broadcast(norm_weight, True), as_broadcast(norm_bias, True)
 
 
 def deconv_block(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,

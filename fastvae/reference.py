@@ -29,6 +29,16 @@ BATCH = -1  # `groups` value of BatchNorm's per-channel statistics over (N, H, W
 K4S2P1 = [2, 2, 1, 1, 0, 0]  # geometry of the classic block: 4x4 kernel, stride 2, padding 1
 
 
+def as_broadcast(t: Optional[Tensor], per_channel: bool) -> Optional[Tensor]:
+    """A scale/shift as it broadcasts to the output: (C,) -> (1, C, 1, 1); (N, C) ->
+    (N, C, 1, 1); (N, C, H, W) stays."""
+    if t is None:
+        return None
+    if per_channel:
+        return t.view(1, -1, 1, 1)
+    return t if t.dim() == 4 else t.view(*t.shape, 1, 1)
+
+
 def _is_channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
