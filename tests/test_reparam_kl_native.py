@@ -285,6 +285,10 @@ def test_large_outputs_reuse_freed_blocks_never_live_ones(monkeypatch):
     torch.testing.assert_close(z4, expected, rtol=0, atol=0)
     del z1, z3, z4  # 48 MiB freed into a 40 MiB cache: the oldest goes
     assert cache_bytes() == 32 << 20
+    big_mu = randn((4, 4 << 20))
+    big, _ = fwd(big_mu, big_mu, None, seed_tensor(5))
+    del big  # 64 MiB: larger than the whole cache, not kept, and evicts nothing
+    assert cache_bytes() == 32 << 20
     monkeypatch.setenv("FASTVAE_CPU_CACHE_MB", "0")
     z, _ = fwd(mu, logvar, None, seed_tensor(0))
     del z

@@ -52,12 +52,15 @@ class BlockCache {
   void give(Block b) {
     const size_t limit = cache_limit();
     std::lock_guard<std::mutex> lock(mutex_);
-    while (!blocks_.empty() && held_ + b.bytes > limit) {  // the oldest make room
+    // The oldest go: to make room for b, or, for a b larger than the whole limit (not
+    // kept), only as far as a lowered limit asks.
+    const size_t keep = b.bytes <= limit ? limit - b.bytes : limit;
+    while (!blocks_.empty() && held_ > keep) {
       std::free(blocks_.front().p);
       held_ -= blocks_.front().bytes;
       blocks_.pop_front();
     }
-    if (held_ + b.bytes > limit) {
+    if (b.bytes > limit) {
       std::free(b.p);
       return;
     }
