@@ -101,14 +101,18 @@ def test_every_path_matches_the_reference(path, layout, dtype, monkeypatch):
     ((3, 5), 3, [2, 2, 1, 1, 1, 1], "batch"),
     ((4, 1), 4, [1, 2, 0, 1, 0, 0], "none"),
 ])
-def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layout, monkeypatch):
-    """The gemm path on small maps, values and every gradient, against the reference."""
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layout, weight_layout,
+                                         monkeypatch):
+    """The gemm path on small maps, values and every gradient, against the reference; a
+    channels_last weight (taken without a copy on 1x1 maps) gives a channels_last output and
+    grad_weight, as eager's convolution does."""
     if hw[0] * hw[1] > 4:  # auto takes it up to 2x2 (test_auto_takes_every_path)
         monkeypatch.setenv("FASTVAE_CONV_PATH", "gemm")
     assert plan(torch.empty(3, 7, *hw), kernel=kernel, geometry=geometry) == "gemm"
     torch.manual_seed(torch.seed() % 2**31)
     x = layout_of(torch.randn(3, 7, *hw, dtype=torch.float64), layout)
-    weight = torch.randn(7, 8, kernel, kernel, dtype=torch.float64) / 3
+    weight = layout_of(torch.randn(7, 8, kernel, kernel, dtype=torch.float64) / 3, weight_layout)
     bias = torch.randn(8, dtype=torch.float64)
     ho, wo = ((hw[d] - 1) * geometry[d] - 2 * geometry[2 + d] + kernel + geometry[4 + d]
               for d in (0, 1))
@@ -120,6 +124,10 @@ def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layo
                                  output_padding=geometry[4:], norm=norm, num_groups=4, activation="silu",
                                  backend=backend)
         outs[backend, dt] = [y, *torch.autograd.grad(y, leaves, grad_y.to(dt))]
+    y, _, grad_weight, _ = outs["native", dtype]
+    assert grad_weight.stride() == weight.stride()
+    if weight_layout == "channels_last" and kernel > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
     for name, got, low, high in zip(("y", "grad_x", "grad_weight", "grad_bias"),
                                     outs["native", dtype], outs["reference", dtype],
                                     outs["reference", torch.float64]):

@@ -120,25 +120,35 @@ void filter_rows_adjoint(const T* __restrict u0, const T* __restrict u1,
 }
 
 // weight (ci, co, 4, 4) -> U (9, ci, 4 co), laid out as u_offset says. Per input channel
-// i: its taps transposed to k[ky * 4 + kx][o], G along y into t[a * 4 + kx][o], then G
-// along x into U's 36 rows (a, b) of i: every pass runs over contiguous rows of co (the
-// loop over (i, o) that wrote 36 scattered values a pair took ~8% of a 512->256@4
-// fwd+bwd). `u_row(a, b)` is U's row (a, b) of i.
+// i: its taps as k[ky * 4 + kx][o] (the weight's own rows when taps_last, else
+// transposed), G along y into t[a * 4 + kx][o], then G along x into U's 36 rows (a, b) of
+// i: every pass runs over contiguous rows of co (the loop over (i, o) that wrote 36
+// scattered values a pair took ~8% of a 512->256@4 fwd+bwd). `u_row(a, b)` is U's row
+// (a, b) of i.
 template <typename T>
-void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
+void transform_weight(const at::Tensor& weight, T* u) {
+  const int64_t ci = weight.size(0), co = weight.size(1);
+  const bool direct = taps_last(weight);
+  const at::Tensor w = direct ? weight : weight.contiguous();
+  const T* wp = w.data_ptr<T>();
   at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> k(16 * co), t(24 * co);
-    const auto row = [co](std::vector<T>& m, int64_t r) { return m.data() + r * co; };
+    std::vector<T> k_rows(direct ? 0 : 16 * co), t(24 * co);
     for (int64_t i = begin; i < end; ++i) {
-      layout_detail::transpose_block(w + i * co * 16, 16, k.data(), co, co, 16);
+      const T* k = wp + i * co * 16;
+      if (!direct) {
+        layout_detail::transpose_block(k, 16, k_rows.data(), co, co, 16);
+        k = k_rows.data();
+      }
+      const auto k_row = [&](int64_t r) { return k + r * co; };
+      const auto t_row = [&](int64_t r) { return t.data() + r * co; };
       const auto u_row = [&](int64_t a, int64_t b) { return u + u_offset(a, b, i, 0, ci, co); };
       for (int64_t kx = 0; kx < 4; ++kx) {
-        filter_rows(row(k, kx), row(k, 4 + kx), row(k, 8 + kx), row(k, 12 + kx), row(t, kx),
-                    row(t, 4 + kx), row(t, 8 + kx), row(t, 12 + kx), row(t, 16 + kx),
-                    row(t, 20 + kx), co);
+        filter_rows(k_row(kx), k_row(4 + kx), k_row(8 + kx), k_row(12 + kx), t_row(kx),
+                    t_row(4 + kx), t_row(8 + kx), t_row(12 + kx), t_row(16 + kx),
+                    t_row(20 + kx), co);
       }
       for (int64_t a = 0; a < 6; ++a) {
-        filter_rows(row(t, a * 4), row(t, a * 4 + 1), row(t, a * 4 + 2), row(t, a * 4 + 3),
+        filter_rows(t_row(a * 4), t_row(a * 4 + 1), t_row(a * 4 + 2), t_row(a * 4 + 3),
                     u_row(a, 0), u_row(a, 1), u_row(a, 2), u_row(a, 3), u_row(a, 4), u_row(a, 5),
                     co);
       }
@@ -146,26 +156,31 @@ void transform_weight(const T* w, int64_t ci, int64_t co, T* u) {
   });
 }
 
-// The adjoint of transform_weight: grad_U (9, ci, 4 co) -> grad_weight (ci, co, 4, 4),
-// its passes in reverse.
+// The adjoint of transform_weight: grad_U (9, ci, 4 co) -> grad_weight (ci, co, 4, 4) in
+// its own layout (taps_last or contiguous), its passes in reverse.
 template <typename T>
-void untransform_weight(const T* gu, int64_t ci, int64_t co, T* gw) {
+void untransform_weight(const T* gu, at::Tensor& grad_weight) {
+  const int64_t ci = grad_weight.size(0), co = grad_weight.size(1);
+  const bool direct = taps_last(grad_weight);
+  T* gw = grad_weight.data_ptr<T>();
   at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> k(16 * co), t(24 * co);
-    const auto row = [co](std::vector<T>& m, int64_t r) { return m.data() + r * co; };
+    std::vector<T> k_rows(direct ? 0 : 16 * co), t(24 * co);
     for (int64_t i = begin; i < end; ++i) {
+      T* k = direct ? gw + i * co * 16 : k_rows.data();
+      const auto k_row = [&](int64_t r) { return k + r * co; };
+      const auto t_row = [&](int64_t r) { return t.data() + r * co; };
       const auto u_row = [&](int64_t a, int64_t b) { return gu + u_offset(a, b, i, 0, ci, co); };
       for (int64_t a = 0; a < 6; ++a) {
         filter_rows_adjoint(u_row(a, 0), u_row(a, 1), u_row(a, 2), u_row(a, 3), u_row(a, 4),
-                            u_row(a, 5), row(t, a * 4), row(t, a * 4 + 1), row(t, a * 4 + 2),
-                            row(t, a * 4 + 3), co);
+                            u_row(a, 5), t_row(a * 4), t_row(a * 4 + 1), t_row(a * 4 + 2),
+                            t_row(a * 4 + 3), co);
       }
       for (int64_t kx = 0; kx < 4; ++kx) {
-        filter_rows_adjoint(row(t, kx), row(t, 4 + kx), row(t, 8 + kx), row(t, 12 + kx),
-                            row(t, 16 + kx), row(t, 20 + kx), row(k, kx), row(k, 4 + kx),
-                            row(k, 8 + kx), row(k, 12 + kx), co);
+        filter_rows_adjoint(t_row(kx), t_row(4 + kx), t_row(8 + kx), t_row(12 + kx),
+                            t_row(16 + kx), t_row(20 + kx), k_row(kx), k_row(4 + kx),
+                            k_row(8 + kx), k_row(12 + kx), co);
       }
-      layout_detail::transpose_block(k.data(), co, gw + i * co * 16, 16, 16, co);
+      if (!direct) layout_detail::transpose_block(k, co, gw + i * co * 16, 16, 16, co);
     }
   });
 }
@@ -620,14 +635,13 @@ at::Tensor conv_transpose_nhwc_forward(const at::Tensor& x, const at::Tensor& we
                                       const c10::optional<at::Tensor>& bias) {
   RECORD_FUNCTION("fastvae::conv_transpose_nhwc_forward", std::vector<c10::IValue>());
   const int64_t ci = weight.size(0), co = weight.size(1);
-  const at::Tensor w = weight.contiguous();
   at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   at::Tensor y = at::empty({x.size(0), co, 2 * x.size(2), 2 * x.size(3)},
                            x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_forward", [&] {
-    transform_weight(w.data_ptr<scalar_t>(), ci, co, u.data_ptr<scalar_t>());
+    transform_weight(weight, u.data_ptr<scalar_t>());
     const std::vector<scalar_t> no_bias(has_bias ? 0 : co, scalar_t(0));
     forward<scalar_t>(x, u, has_bias ? b.data_ptr<scalar_t>() : no_bias.data(), y);
   });
@@ -641,22 +655,25 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   RECORD_FUNCTION("fastvae::conv_transpose_nhwc_backward", std::vector<c10::IValue>());
   const int64_t ci = weight.size(0), co = weight.size(1);
   const at::Tensor g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor w = weight.contiguous();
   at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   at::Tensor grad_x = at::empty_like(x);
   at::Tensor grad_u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
-  at::Tensor grad_w = at::empty({ci, co, 4, 4}, weight.options());
+  // in weight's memory format: a taps_last grad_weight is written by untransform_weight
+  // directly, any other layout is made contiguous there and copied once
+  at::Tensor grad_weight = at::empty_like(weight);
+  at::Tensor grad_w = grad_weight.is_contiguous() || taps_last(grad_weight)
+                          ? grad_weight
+                          : at::empty({ci, co, 4, 4}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_backward", [&] {
-    transform_weight(w.data_ptr<scalar_t>(), ci, co, u.data_ptr<scalar_t>());
+    transform_weight(weight, u.data_ptr<scalar_t>());
     if (phase_tiles(co)) {
       backward_phased<scalar_t>(g, x, u, grad_x, grad_u);
     } else {
       backward<scalar_t>(g, x, u, grad_x, grad_u);
     }
-    untransform_weight(grad_u.data_ptr<scalar_t>(), ci, co, grad_w.data_ptr<scalar_t>());
+    untransform_weight(grad_u.data_ptr<scalar_t>(), grad_w);
   });
-  at::Tensor grad_weight = at::empty_like(weight);  // in weight's memory format
-  grad_weight.copy_(grad_w);
+  if (!grad_w.is_same(grad_weight)) grad_weight.copy_(grad_w);
   return {grad_x, grad_weight};
 }
 
