@@ -187,8 +187,24 @@ def test_hooked_spectral_norm_is_left_unfused_with_the_reason(capsys, caplog):
     assert "main.3: left unfused: it has forward hooks" in printed
     assert "main.0: fused ConvTranspose2d -> BatchNorm2d -> ReLU" in printed
     assert "main.12: fused ConvTranspose2d -> Tanh" in printed
-    assert printed.count("fastvae.fuse:") == 5  # one line per ConvTranspose2d
+    lines = printed.splitlines()
+    assert sum(": fused " in l or ": left unfused:" in l for l in lines) == 5  # one a conv
+    assert lines[-1].startswith("fastvae.fuse: hint: the fused layers' weights are on the CPU "
+                                "in NCHW")  # and the layout hint, last
+    assert len(lines) == 6
     assert any("left unfused" in r.message for r in caplog.records)
+
+
+def test_channels_last_hint_only_for_nchw_cpu_weights(capsys):
+    """The report's closing hint names the layout copies an NCHW model pays on CPU, and goes
+    once the model is channels_last (or nothing fused)."""
+    model = dcgan.Generator(nz=7, ngf=4)
+    fastvae.fuse(model, verbose=True)
+    assert "hint:" in capsys.readouterr().out
+    fastvae.fuse(model.to(memory_format=torch.channels_last), verbose=True)
+    assert "hint:" not in capsys.readouterr().out
+    fastvae.fuse(nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1)), verbose=True)
+    assert "hint:" not in capsys.readouterr().out
 
 
 def test_unfusable_runs_are_left_alone():
