@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .ops import deconv_block
+from .reference import memory_format
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,6 @@ def _nchw_on_cpu(model: nn.Module) -> bool:
             modules = list(seq._modules.values())
             for start, *_ in seq._fastvae_runs:
                 w = modules[start].weight
-                if w.device.type == "cpu" and not (
-                        w.is_contiguous(memory_format=torch.channels_last)
-                        and not w.is_contiguous()):
+                if w.device.type == "cpu" and memory_format(w) != torch.channels_last:
                     return True
     return False

@@ -151,47 +151,45 @@ cpu::ConvPlan conv_plan_of(const at::Tensor& x, const at::Tensor& weight, const 
                         upcast ? at::kFloat : x.scalar_type());
 }
 
-// The weight (Cin, Cout, kH, kW) as a (Cin, Cout*kH*kW) matrix in its memory order: columns
-// (kH, kW, Cout) when taps_last (a view), (Cout, kH, kW) otherwise.
-at::Tensor taps_matrix(const at::Tensor& weight) {
-  return taps_last(weight) ? weight.permute({0, 2, 3, 1}).reshape({weight.size(0), -1})
-                           : weight.reshape({weight.size(0), -1});
+// A (R, C, kH, kW) tensor (the weight, or the gradient of a 1x1 input's output) as the
+// (R, C*kH*kW) matrix with columns (kH, kW, C) when `last` (a view of a channels_last
+// tensor), (C, kH, kW) otherwise; and such a matrix back as (R, C, kH, kW) of `sizes`.
+at::Tensor taps_matrix(const at::Tensor& t, bool last) {
+  return last ? t.permute({0, 2, 3, 1}).reshape({t.size(0), -1}) : t.reshape({t.size(0), -1});
+}
+at::Tensor from_taps_matrix(const at::Tensor& m, at::IntArrayRef sizes, bool last) {
+  return last ? m.view({sizes[0], sizes[2], sizes[3], sizes[1]}).permute({0, 3, 1, 2})
+              : m.view(sizes);
 }
 
 // The transposed convolution of a 1x1 x (single_pixel): (N, Cin) @ W as a (Cin, kH*kW*Cout)
-// matrix, bias added by addmm. The matrix is a view of the weight: columns (Cout, kH, kW)
-// for a contiguous weight, (kH, kW, Cout) for a taps_last one, whose output (N, kH, kW,
-// Cout) is then channels_last, as eager's is for a channels_last weight.
+// matrix, bias added by addmm. The matrix is a view of the weight in its own column order
+// (taps_matrix): for a taps_last weight, the output (N, kH, kW, Cout) is then channels_last,
+// as eager's is for a channels_last weight.
 at::Tensor single_pixel_forward(const at::Tensor& x, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias) {
   const int64_t n = x.size(0), kk = weight.size(2) * weight.size(3);
   const bool last = taps_last(weight);
   const at::Tensor xm = x.reshape({n, x.size(1)});
-  const at::Tensor wm = taps_matrix(weight);
+  const at::Tensor wm = taps_matrix(weight, last);
   const at::Tensor y = bias.has_value() && bias->defined()
                            ? at::addmm(last ? bias->repeat(kk) : bias->repeat_interleave(kk),
                                        xm, wm)
                            : at::mm(xm, wm);
-  return last ? y.view({n, weight.size(2), weight.size(3), weight.size(1)})
-                    .permute({0, 3, 1, 2})
-              : y.view({n, weight.size(1), weight.size(2), weight.size(3)});
+  return from_taps_matrix(y, {n, weight.size(1), weight.size(2), weight.size(3)}, last);
 }
 
-// Its backward: grad_x = grad @ W^T, grad_W = x^T @ grad, with grad's columns in the
-// weight's order (a view of a grad in the weight's layout) and grad_W in the weight's
-// layout.
+// Its backward: grad_x = grad @ W^T, grad_W = x^T @ grad, grad's columns and grad_W in the
+// weight's order (a view of a grad in the weight's layout).
 std::tuple<at::Tensor, at::Tensor> single_pixel_backward(const at::Tensor& grad,
                                                          const at::Tensor& x,
                                                          const at::Tensor& weight) {
   const int64_t n = x.size(0), cin = x.size(1);
   const bool last = taps_last(weight);
-  const at::Tensor g = last ? grad.permute({0, 2, 3, 1}).reshape({n, -1}) : grad.reshape({n, -1});
+  const at::Tensor g = taps_matrix(grad, last);
   const at::Tensor xm = x.reshape({n, cin});
-  const at::Tensor grad_x = at::mm(g, taps_matrix(weight).t()).view({n, cin, 1, 1});
-  const at::Tensor gw = at::mm(xm.t(), g);
-  return {grad_x, last ? gw.view({cin, weight.size(2), weight.size(3), weight.size(1)})
-                             .permute({0, 3, 1, 2})
-                       : gw.view(weight.sizes())};
+  const at::Tensor grad_x = at::mm(g, taps_matrix(weight, last).t()).view({n, cin, 1, 1});
+  return {grad_x, from_taps_matrix(at::mm(xm.t(), g), weight.sizes(), last)};
 }
 
 // x (N, Cin, H, W) as the (N*H*W, Cin) matrix of its pixels (a view for channels_last).
