@@ -10,7 +10,8 @@ from torch import nn
 
 import fastvae
 from conftest import backend_params
-from models import MODELS, dcgan
+from fastvae.reference import memory_format
+from models import MODELS, dcgan, pix2pix_unet
 
 CPU_BACKENDS = [p for p in backend_params("deconv_block") if p.id in ("reference", "native")]
 
@@ -189,22 +190,84 @@ def test_hooked_spectral_norm_is_left_unfused_with_the_reason(capsys, caplog):
     assert "main.12: fused ConvTranspose2d -> Tanh" in printed
     lines = printed.splitlines()
     assert sum(": fused " in l or ": left unfused:" in l for l in lines) == 5  # one a conv
-    assert lines[-1].startswith("fastvae.fuse: hint: the fused layers' weights are on the CPU "
-                                "in NCHW")  # and the layout hint, last
+    assert lines[-1].startswith("fastvae.fuse: hint: on the CPU, fused layers not back to "
+                                "back")  # and the layout hint (main.0 is apart now), last
     assert len(lines) == 6
     assert any("left unfused" in r.message for r in caplog.records)
 
 
-def test_channels_last_hint_only_for_nchw_cpu_weights(capsys):
-    """The report's closing hint names the layout copies an NCHW model pays on CPU, and goes
-    once the model is channels_last (or nothing fused)."""
-    model = dcgan.Generator(nz=7, ngf=4)
+def test_channels_last_hint_only_for_unchained_nchw_cpu_weights(capsys):
+    """The report's closing hint names the layout copies a fused layer of an NCHW model pays
+    on CPU outside a chain, and goes once the model is channels_last, when every run is
+    chained (they run channels_last among themselves) or when nothing fused."""
+    model = pix2pix_unet.UnetGenerator(3, 3, num_downs=5, ngf=4)  # runs apart: a ReLU between
     fastvae.fuse(model, verbose=True)
     assert "hint:" in capsys.readouterr().out
     fastvae.fuse(model.to(memory_format=torch.channels_last), verbose=True)
     assert "hint:" not in capsys.readouterr().out
+    fastvae.fuse(dcgan.Generator(nz=7, ngf=4), verbose=True)
+    assert "hint:" not in capsys.readouterr().out
     fastvae.fuse(nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1)), verbose=True)
     assert "hint:" not in capsys.readouterr().out
+
+
+def record_block_inputs(monkeypatch):
+    """The memory format of x at every deconv_block call fused models make from now on."""
+    formats = []
+    call = fastvae.fusion.deconv_block
+
+    def recording(x, *args, **kwargs):
+        formats.append(memory_format(x))
+        return call(x, *args, **kwargs)
+    monkeypatch.setattr(fastvae.fusion, "deconv_block", recording)
+    return formats
+
+
+NCHW, CL = torch.contiguous_format, torch.channels_last
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_chained_runs_pass_channels_last_between_them(monkeypatch, backend, layout):
+    """DCGAN's five runs back to back run channels_last on the native CPU kernels (the first
+    takes the 1x1 latent, either layout): after the chain the output, and the input's
+    gradient, have the original's layout, values and gradients as before (float64 to 1e-9).
+    The reference backend gets the layouts the model has."""
+    original, fused, x = pair("dcgan", backend)
+    if layout == "channels_last":
+        original.to(memory_format=CL), fused.to(memory_format=CL)
+    formats = record_block_inputs(monkeypatch)
+    y0, g0 = forward_backward(original, x)
+    y1, g1 = forward_backward(fused, x)
+    chained = backend == "native" or layout == "channels_last"
+    assert formats == [NCHW] + [CL if chained else NCHW] * 4
+    assert memory_format(y1) == memory_format(y0) == (CL if layout == "channels_last" else NCHW)
+    assert y1.stride() == y0.stride() and memory_format(g1[0]) == memory_format(g0[0])
+    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-12)
+    assert_grads_close(g1, g0, ["x"] + [n for n, _ in original.named_parameters()], 1e-9)
+
+
+def test_chains_stay_in_the_models_layout_where_they_would_not_pay(monkeypatch):
+    """Under CPU autocast (bfloat16: no Winograd) and on the reference backend a chain keeps
+    the model's NCHW layout."""
+    original, fused, x = pair("dcgan", dtype=torch.float32)
+    formats = record_block_inputs(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused(x)
+    assert formats == [NCHW] * 5
+
+
+def test_chain_exit_after_a_parametrized_weight_in_training():
+    """spectral_norm in training runs its power iteration once a call, chain or not: the fused
+    model's second output (after both models' u vectors moved once) is still the original's."""
+    original, _, x = pair("dcgan")
+    for m in original.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            torch.nn.utils.parametrizations.spectral_norm(m, dim=1)
+    fused = fastvae.fuse(copy.deepcopy(original))
+    for _ in range(2):
+        y0, y1 = original(x), fused(x)
+    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-12)
 
 
 def test_unfusable_runs_are_left_alone():
