@@ -5,7 +5,9 @@
 One group per layer: DCGAN's generator (pytorch/examples dcgan/main.py; BatchNorm + ReLU,
 the last layer Tanh; batch 16 and 64), pix2pix's UnetGenerator up path (InstanceNorm, the
 ReLU sits before the conv; batch 1 and 8), a GroupNorm(32) + SiLU decoder and the three
-GroupNorm(32) + LeakyReLU blocks of bench_deconv_block_native.py (batch 8). Entries, each
+GroupNorm(32) + LeakyReLU blocks of bench_deconv_block_native.py (batch 8), and the 3x3
+stride-2 output_padding-1 up-convolutions of AntixK's VanillaVAE decoder (BatchNorm +
+LeakyReLU, batch 64) and CycleGAN's ResnetGenerator (InstanceNorm + ReLU, batch 1). Entries, each
 forward + backward with a random upstream gradient:
   native_nchw / native_cl   fastvae.deconv_block(backend="native") on an NCHW / channels_last x
   eager_nchw / eager_cl     the torch.nn modules (ConvTranspose2d, norm, activation)
@@ -45,12 +47,22 @@ class Layer:
     kernel: int = 4
     stride: int = 2
     padding: int = 1
+    output_padding: int = 0
 
     @property
     def name(self):
-        geo = "" if (self.kernel, self.stride, self.padding) == (4, 2, 1) else (
-            f" k{self.kernel}s{self.stride}p{self.padding}")
+        geo = "" if self.winograd_geometry else (
+            f" k{self.kernel}s{self.stride}p{self.padding}"
+            + (f"op{self.output_padding}" if self.output_padding else ""))
         return f"{self.model} {self.cin}->{self.cout}@{self.h} b{self.n}{geo}"
+
+    @property
+    def winograd_geometry(self):  # the 4x4 stride-2 padding-1 block of the Winograd paths
+        return (self.kernel, self.stride, self.padding, self.output_padding) == (4, 2, 1, 0)
+
+    @property
+    def out_size(self):
+        return (self.h - 1) * self.stride - 2 * self.padding + self.kernel + self.output_padding
 
     @property
     def flops(self):  # fwd + grad_x + grad_weight, counted on the input side
@@ -71,6 +83,13 @@ def _layers():
         out.append(Layer("gn32silu", 8, cin, cout, h, "group", "silu"))
     for cin, cout, h in ((256, 128, 16), (128, 64, 32), (64, 32, 64)):
         out.append(Layer("gn32leaky", 8, cin, cout, h, "group", "leaky_relu"))
+    # 3x3 stride-2 output_padding-1 up-convolutions (no Winograd path): AntixK's VanillaVAE
+    # decoder at 64x64 (its 512->256@2 first layer is on the gemm path) and CycleGAN's
+    # ResnetGenerator at 128x128
+    for cin, cout, h in ((256, 128, 4), (128, 64, 8), (64, 32, 16), (32, 32, 32)):
+        out.append(Layer("vae", 64, cin, cout, h, "batch", "leaky_relu", 3, 2, 1, 1))
+    for cin, cout, h in ((256, 128, 32), (128, 64, 64)):
+        out.append(Layer("cyclegan", 1, cin, cout, h, "instance", "relu", 3, 2, 1, 1))
     return out
 
 
@@ -85,7 +104,8 @@ _results = {}  # layer name -> entry -> interleaved min seconds
 def modules(layer: Layer, fmt):
     """ConvTranspose2d -> norm -> activation as the model writes them, in memory format fmt."""
     torch.manual_seed(0)
-    conv = nn.ConvTranspose2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding)
+    conv = nn.ConvTranspose2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding,
+                              layer.output_padding)
     norm = {"batch": lambda: nn.BatchNorm2d(layer.cout),
             "instance": lambda: nn.InstanceNorm2d(layer.cout),
             "group": lambda: nn.GroupNorm(32, layer.cout),
@@ -100,8 +120,8 @@ def runner(entry: str, layer: Layer):
     block = modules(layer, fmt)
     x = torch.randn(layer.n, layer.cin, layer.h, layer.h).contiguous(memory_format=fmt)
     x.requires_grad_()
-    ho = (layer.h - 1) * layer.stride - 2 * layer.padding + layer.kernel
-    grad_y = torch.randn(layer.n, layer.cout, ho, ho).contiguous(memory_format=fmt)
+    grad_y = torch.randn(layer.n, layer.cout, layer.out_size, layer.out_size)
+    grad_y = grad_y.contiguous(memory_format=fmt)
     conv, norm = block[0], block[1]
     params = [x] + list(block.parameters())
     if kind == "conv":
@@ -118,7 +138,7 @@ def runner(entry: str, layer: Layer):
             norm_args.update(running_mean=norm.running_mean, running_var=norm.running_var)
         fn = lambda: fastvae.deconv_block(  # noqa: E731
             x, conv.weight, conv.bias, stride=layer.stride, padding=layer.padding,
-            activation=layer.activation, backend="native", **norm_args)
+            output_padding=layer.output_padding, activation=layer.activation, backend="native", **norm_args)
     return lambda: torch.autograd.grad(fn(), params, grad_y)
 
 

@@ -53,7 +53,7 @@ ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarTyp
   const bool bwd = winograd_ok && per_cin >= t.backward_min_pixels_per_cin &&
                    channels >= t.backward_min_channels;
   if (fwd || bwd) return {true, fwd, bwd};
-  return {plane >= t.channels_last_min_plane};
+  return {pixels >= t.channels_last_min_pixels && channels >= t.channels_last_min_channels};
 }
 
 }  // namespace cpu

@@ -27,9 +27,11 @@
 // its savings grow with the pixels, and measured, 512-channel layers lost up to 2048
 // pixels, 256-channel ones up to 1024, 128-channel ones won from 4096 (tools/conv_paths.py);
 // few channels run the GEMMs (K or N a channel count) at a fraction of the BLAS rate. With
-// no Winograd: channels_last where a sample has at least Tc pixels (H*W: oneDNN's
-// channels_last kernels lose to its NCHW ones on small maps of many channels and win on
-// large maps), else nchw. The thresholds, one set per layout of x (the copies are part of
+// no Winograd (or another geometry: VanillaVAE's and CycleGAN's 3x3 stride-2 layers):
+// channels_last where x holds at least Tc pixels (N*H*W) and the fewer of Cin and Cout is
+// at least Tcm (oneDNN's channels_last kernels lose to its NCHW ones on small maps and on
+// an RGB layer's 3 channels, and win on large maps, by up to 2x at VanillaVAE's
+// 32->32@32 b64), else nchw. The thresholds, one set per layout of x (the copies are part of
 // the cost), are chosen by tools/conv_paths.py from measured layers;
 // csrc/cpu/conv_plan_table.h holds them with the measurements.
 #pragma once

@@ -2,45 +2,57 @@
 // the measurements they were chosen from. Do not edit; rerun the tool.
 // 2026-12-04, AMD EPYC, 2 CPUs, sse4_2 avx2 fma f16c avx512f avx512bw avx512vl avx512_bf16; native CPU kernels: avx512; torch 2.14.1+cu130, 2 threads
 // native fwd+bwd ms, norm none, least of 7 interleaved rounds; * = auto's choice
-//   layer                       x    px/cin    nchw channels_last winograd  w_fwd  w_bwd
-//   dcgan 512->256@4 b16        nchw       0   18.93*   21.42    27.79    21.75    22.58 
-//   dcgan 512->256@4 b16        cl         0   19.11*   22.16    22.55    22.59    22.89 
-//   dcgan 256->128@8 b16        nchw       4   16.85    17.88    15.51*   17.12    15.94 
-//   dcgan 256->128@8 b16        cl         4   17.99    17.58    16.98*   16.97    17.11 
-//   dcgan 128->64@16 b16        nchw      32   17.08    18.26    16.86*   17.75    16.41 
-//   dcgan 128->64@16 b16        cl        32   21.55    17.14    14.98*   16.61    15.41 
-//   dcgan 64->3@32 b16          nchw     256    5.27     6.37     5.46     4.87*    7.07 
-//   dcgan 64->3@32 b16          cl       256    6.77     5.00     4.00     3.26*    5.59 
-//   dcgan 512->256@4 b64        nchw       2   65.48    72.80    59.18*   67.43    63.35 
-//   dcgan 512->256@4 b64        cl         2   67.78    71.02    58.49*   64.97    60.03 
-//   dcgan 256->128@8 b64        nchw      16   61.57    65.31    55.14*   62.40    56.83 
-//   dcgan 256->128@8 b64        cl        16   65.67    62.52    50.82*   58.34    54.22 
-//   dcgan 128->64@16 b64        nchw     128   68.30    70.47    64.11*   72.91    65.92 
-//   dcgan 128->64@16 b64        cl       128   78.32    64.44    54.44*   60.56    56.87 
-//   dcgan 64->3@32 b64          nchw    1024   25.22    33.29    22.83    23.35*   29.14 
-//   dcgan 64->3@32 b64          cl      1024   30.93    18.63    15.59    12.40*   21.67 
-//   unet 512->256@16 b1         nchw       0   18.73*   22.20    21.71    22.03    22.00 
-//   unet 512->256@16 b1         cl         0   19.71*   21.91    22.36    22.32    22.71 
-//   unet 256->128@32 b1         nchw       4   18.04    18.61    15.81*   17.90    16.76 
-//   unet 256->128@32 b1         cl         4   19.46    18.43    15.29*   17.71    15.99 
-//   unet 512->256@16 b8         nchw       4  126.08   132.06   105.73*  124.41   113.35 
-//   unet 512->256@16 b8         cl         4  131.65   131.81   105.84*  123.55   110.66 
-//   unet 256->128@32 b8         nchw      32  130.64   133.78   109.35*  131.99   112.20 
-//   unet 256->128@32 b8         cl        32  141.61   127.65    99.82*  119.22   105.70 
-//   gn32silu 512->256@8 b8      nchw       1   33.83*   38.89    34.89    36.30    33.93 
-//   gn32silu 512->256@8 b8      cl         1   34.88    38.16    34.10    34.66    33.48*
-//   gn32silu 256->128@16 b8     nchw       8   31.92    34.48    28.35*   32.25    29.64 
-//   gn32silu 256->128@16 b8     cl         8   34.96    32.74    27.77*   31.66    28.56 
-//   gn32silu 128->64@32 b8      nchw      64   34.87    37.35    31.16*   35.49    31.90 
-//   gn32silu 128->64@32 b8      cl        64   41.35    35.26    27.27*   32.61    29.25 
-//   gn32silu 128->64@64 b8      nchw     256  184.24   196.44   165.98*  186.09   160.10 
-//   gn32silu 128->64@64 b8      cl       256  237.58   153.33   118.64*  146.84   125.99 
-//   gn32leaky 256->128@16 b8    nchw       8   31.02    31.84    26.37*   30.06    28.08 
-//   gn32leaky 256->128@16 b8    cl         8   34.31    32.70    27.50*   30.53    27.98 
-//   gn32leaky 128->64@32 b8     nchw      64   34.61    36.53    30.21*   34.77    30.82 
-//   gn32leaky 128->64@32 b8     cl        64   37.79    33.35    28.12*   31.77    32.59 
-//   gn32leaky 64->32@64 b8      nchw     512   40.70    43.39    35.27*   42.13    37.20 
-//   gn32leaky 64->32@64 b8      cl       512   62.51    43.40    29.69*   47.07    40.37 
+//   layer                             x    px/cin    nchw channels_last winograd  w_fwd  w_bwd
+//   dcgan 512->256@4 b16              nchw       0   18.80*   26.74    20.70    29.31    21.30 
+//   dcgan 512->256@4 b16              cl         0   20.61*   30.75    22.04    29.11    21.39 
+//   dcgan 256->128@8 b16              nchw       4   17.42    18.87    16.27*   17.71    16.94 
+//   dcgan 256->128@8 b16              cl         4   18.10    18.09    15.47*   16.79    16.28 
+//   dcgan 128->64@16 b16              nchw      32   17.64    19.50    16.55    18.93    16.61*
+//   dcgan 128->64@16 b16              cl        32   22.52    18.30    16.01*   17.22    15.95 
+//   dcgan 64->3@32 b16                nchw     256    7.04*    7.62     6.24     7.92     8.46 
+//   dcgan 64->3@32 b16                cl       256    8.13     6.00     4.46     3.91*    6.29 
+//   dcgan 512->256@4 b64              nchw       2   68.71    81.87    59.97*   76.56    63.23 
+//   dcgan 512->256@4 b64              cl         2   71.73    81.01    56.86*   79.76    62.33 
+//   dcgan 256->128@8 b64              nchw      16   61.76    71.51    62.49*   67.63    59.35 
+//   dcgan 256->128@8 b64              cl        16   71.10    62.14    51.75*   60.10    54.36 
+//   dcgan 128->64@16 b64              nchw     128   68.32    72.46    65.22    70.51    63.48*
+//   dcgan 128->64@16 b64              cl       128   91.96    64.42    56.50*   67.51    59.60 
+//   dcgan 64->3@32 b64                nchw    1024   21.73*   26.90    25.66    21.51    29.88 
+//   dcgan 64->3@32 b64                cl      1024   58.06    20.38    15.76    13.63*   21.79 
+//   unet 512->256@16 b1               nchw       0   19.96*   23.67    22.32    22.80    22.62 
+//   unet 512->256@16 b1               cl         0   19.79*   22.24    20.70    22.20    21.46 
+//   unet 256->128@32 b1               nchw       4   17.64    18.66    15.23*   17.44    16.16 
+//   unet 256->128@32 b1               cl         4   18.51    17.48    14.03*   16.52    15.21 
+//   unet 512->256@16 b8               nchw       4  124.48   131.04   100.75*  121.92   109.29 
+//   unet 512->256@16 b8               cl         4  132.15   132.56    96.34*  121.18   106.01 
+//   unet 256->128@32 b8               nchw      32  132.29   135.81   103.46*  128.66   113.18 
+//   unet 256->128@32 b8               cl        32  155.48   130.21    99.74*  122.01   106.43 
+//   gn32silu 512->256@8 b8            nchw       1   34.62    37.04    32.38*   35.70    33.63 
+//   gn32silu 512->256@8 b8            cl         1   33.81    35.38    31.35*   35.48    33.15 
+//   gn32silu 256->128@16 b8           nchw       8   32.85    34.98    28.91*   33.67    30.87 
+//   gn32silu 256->128@16 b8           cl         8   35.65    32.72    26.77*   31.12    28.65 
+//   gn32silu 128->64@32 b8            nchw      64   35.91    39.37    31.13    37.74    33.29*
+//   gn32silu 128->64@32 b8            cl        64   40.66    35.99    28.12*   34.10    29.70 
+//   gn32silu 128->64@64 b8            nchw     256  187.06   216.95   175.64   198.65   150.46*
+//   gn32silu 128->64@64 b8            cl       256  237.73   169.55   123.62*  160.31   122.04 
+//   gn32leaky 256->128@16 b8          nchw       8   32.56    34.70    27.98*   32.73    29.66 
+//   gn32leaky 256->128@16 b8          cl         8   34.56    33.33    27.11*   31.31    28.24 
+//   gn32leaky 128->64@32 b8           nchw      64   36.03    38.37    30.97    36.33    32.30*
+//   gn32leaky 128->64@32 b8           cl        64   40.14    35.45    27.41*   33.43    29.75 
+//   gn32leaky 64->32@64 b8            nchw     512   43.27    46.24    40.06    52.31    41.47*
+//   gn32leaky 64->32@64 b8            cl       512   60.76    38.30    29.16*   36.20    31.79 
+//   vae 256->128@4 b64 k3s2p1op1      nchw       4   11.69*   12.95        -        -        - 
+//   vae 256->128@4 b64 k3s2p1op1      cl         4   12.34    12.29*       -        -        - 
+//   vae 128->64@8 b64 k3s2p1op1       nchw      32   12.83*   12.75        -        -        - 
+//   vae 128->64@8 b64 k3s2p1op1       cl        32   14.93    11.63*       -        -        - 
+//   vae 64->32@16 b64 k3s2p1op1       nchw     256   15.16*   16.32        -        -        - 
+//   vae 64->32@16 b64 k3s2p1op1       cl       256   18.65    13.04*       -        -        - 
+//   vae 32->32@32 b64 k3s2p1op1       nchw    2048  105.27    87.78*       -        -        - 
+//   vae 32->32@32 b64 k3s2p1op1       cl      2048  136.14    61.10*       -        -        - 
+//   cyclegan 256->128@32 b1 k3s2p1op1 nchw       4   12.42*   13.10        -        -        - 
+//   cyclegan 256->128@32 b1 k3s2p1op1 cl         4   13.38    11.98*       -        -        - 
+//   cyclegan 128->64@64 b1 k3s2p1op1  nchw      32   13.71*   15.42        -        -        - 
+//   cyclegan 128->64@64 b1 k3s2p1op1  cl        32   15.78    13.12*       -        -        - 
 #pragma once
 
 #include <cstdint>
@@ -51,17 +63,19 @@ namespace plan_table {
 
 // The Winograd forward where N*H*W of x is at least forward_min_pixels_per_cin times Cin
 // and Cin and Cout at least forward_min_channels, the Winograd backward likewise;
-// channels_last for the other direction. Without Winograd, both convolutions in
-// channels_last where H*W is at least channels_last_min_plane; else NCHW.
+// channels_last for the other direction. Without Winograd (or on another geometry),
+// both convolutions in channels_last where N*H*W is at least channels_last_min_pixels
+// and the fewer of Cin and Cout at least channels_last_min_channels; else NCHW.
 struct Thresholds {
   int64_t forward_min_pixels_per_cin;
   int64_t forward_min_channels;
   int64_t backward_min_pixels_per_cin;
   int64_t backward_min_channels;
-  int64_t channels_last_min_plane;
+  int64_t channels_last_min_pixels;
+  int64_t channels_last_min_channels;
 };
-constexpr Thresholds kNchwInput{2, 3, 2, 32, 1024};
-constexpr Thresholds kChannelsLastInput{2, 3, 1, 32, 1024};
+constexpr Thresholds kNchwInput{1, 128, 1, 32, 32768, 32};
+constexpr Thresholds kChannelsLastInput{1, 3, 1, 32, 512, 3};
 
 }  // namespace plan_table
 }  // namespace cpu
