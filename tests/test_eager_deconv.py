@@ -90,10 +90,15 @@ def test_values_grads_and_running_stats_match_reference(geometry, norm, layout, 
     for name, out, ref, ref_high in zip(["y", *leaves], outs, refs, refs_high):
         if dtype == torch.float64:
             torch.testing.assert_close(out, ref, **TOLERANCES[dtype], msg=lambda m: f"{name}: {m}")
-        else:  # eager's float32 sums are not the reference's: judged at the gradient's scale
-            # (a conv bias under a norm has a gradient of zero up to both sides' rounding)
+        else:  # eager's float32 sums are not the reference's: judged at the gradient's scale,
+            # or at 20x the float32 reference's own error: a conv bias under a norm has a
+            # gradient of zero up to rounding, and torch's channels_last BatchNorm backward
+            # sums it with up to 11x the reference's error (2.5e-4 at k5s3p1op2 channels_last,
+            # 300 draws; 1e-4 alone failed 3% of them)
             err = (out.double() - ref_high).abs().max().item()
-            assert err <= 1e-4 * max(1.0, ref_high.abs().max().item()), f"{name}: error {err:.3g}"
+            base = (ref.double() - ref_high).abs().max().item()
+            bound = max(1e-4 * max(1.0, ref_high.abs().max().item()), 20 * base)
+            assert err <= bound, f"{name}: error {err:.3g}, bound {bound:.3g}"
     for key in ("running_mean", "running_var"):
         if key in opts:
             torch.testing.assert_close(opts[key], ref_opts[key], **TOLERANCES[dtype])

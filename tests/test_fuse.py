@@ -281,6 +281,22 @@ def test_unfusable_runs_are_left_alone():
     assert fused_count(model) == 0 and type(model) is nn.Sequential
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_unbatched_input_as_the_original(backend):
+    """ConvTranspose2d, InstanceNorm2d and activations take an unbatched (C, H, W) map, so the
+    fused runs do too (two back to back: the chain is for batches only)."""
+    original = nn.Sequential(nn.ConvTranspose2d(5, 6, 4, 2, 1), nn.InstanceNorm2d(6), nn.ReLU(),
+                             nn.ConvTranspose2d(6, 3, 3, 2, 1, 1), nn.Tanh()).double()
+    fused = fastvae.fuse(copy.deepcopy(original), backend=backend)
+    assert fused_count(fused) == 2
+    x = torch.randn(5, 7, 9, dtype=torch.float64)
+    y0, g0 = forward_backward(original, x)
+    y1, g1 = forward_backward(fused, x)
+    assert y1.shape == y0.shape == (3, 28, 36)
+    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-12)
+    assert_grads_close(g1, g0, ["x"] + [n for n, _ in original.named_parameters()], 1e-9)
+
+
 def test_fuse_is_idempotent_and_keeps_working():
     original, fused, x = pair("pix2pix_unet")
     fastvae.fuse(fused)
