@@ -240,6 +240,15 @@ def _plan(seq: nn.Sequential, prefix: str, report: list) -> tuple:
         report.append(f"{where}: fused {' -> '.join(parts)}")
         runs.append((i, norm, act, j))
         i = j
+    chains = []  # the runs' names, in chains of runs back to back
+    for k, run in enumerate(runs):
+        if not chains or run[0] != runs[k - 1][3]:
+            chains.append([])
+        chains[-1].append(f"{prefix}.{names[run[0]]}" if prefix else names[run[0]])
+    for chain in chains:
+        if len(chain) > 1:
+            report.append(f"{', '.join(chain)}: back to back, channels_last between them on "
+                          "the native CPU kernels")
     return tuple(runs)
 
 

@@ -190,9 +190,11 @@ def test_hooked_spectral_norm_is_left_unfused_with_the_reason(capsys, caplog):
     assert "main.12: fused ConvTranspose2d -> Tanh" in printed
     lines = printed.splitlines()
     assert sum(": fused " in l or ": left unfused:" in l for l in lines) == 5  # one a conv
+    assert ("fastvae.fuse: main.6, main.9, main.12: back to back, channels_last between them"
+            in printed)  # the chain after the hooked conv
     assert lines[-1].startswith("fastvae.fuse: hint: on the CPU, fused layers not back to "
                                 "back")  # and the layout hint (main.0 is apart now), last
-    assert len(lines) == 6
+    assert len(lines) == 7
     assert any("left unfused" in r.message for r in caplog.records)
 
 
