@@ -51,8 +51,9 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
-def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output"):
-    """`out` against the reference.
+def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output", floor=0.0):
+    """`out` against the reference; an error of at most `floor` always passes (the rounding
+    a zero gradient has: see bias_grad_rounding).
 
     float32/float64: torch.testing.assert_close with TOLERANCES. float16/bfloat16: the
     kernel's max error against the higher-precision reference is at most twice a correct
@@ -68,6 +69,9 @@ def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output"):
     max over a few dozen values is one noisy draw (the gemm path's InstanceNorm grad_weight
     read 2.09x torch's max error once in 1600 draws, and 1.37x its RMS at most).
     """
+    if ref_high.dtype == torch.float64 and dtype != torch.float64:
+        if (out.double() - ref_high).abs().max().item() <= floor:
+            return
     if dtype in (torch.float32, torch.float64):
         try:
             torch.testing.assert_close(out, ref_low, **TOLERANCES[dtype], msg=lambda m: f"{name}: {m}")
@@ -89,6 +93,26 @@ def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output"):
         return
     assert err <= bound, f"{name}: {dtype} error {err:.3g} > bound {bound:.3g} (torch's own {base:.3g})"
     assert torch.isfinite(out).all() == torch.isfinite(ref_high).all(), f"{name}: non-finite mismatch"
+
+
+def bias_grad_rounding(x, weight, bias, geometry, grad_y, **block):
+    """An absolute bound on the float32 rounding of a conv bias's gradient in a block whose
+    norm makes it zero: the float32 unit roundoff times 8 times the largest per-channel sum
+    of |gradient of the pre-norm|, the terms it adds up (torch's own error reached 2.8x of
+    the unit roundoff times that sum in 720 draws). The sums come from float64: the block's
+    epilogue (`block`: deconv_block's norm, affine and activation keywords) applied to the
+    pre-norm through an identity 1x1 convolution. geometry: [sh, sw, ph, pw, oh, ow]."""
+    sh, sw, ph, pw, oh, ow = geometry
+    pre = torch.nn.functional.conv_transpose2d(
+        x.detach().double(), weight.detach().double(), bias.detach().double(), stride=(sh, sw),
+        padding=(ph, pw), output_padding=(oh, ow)).requires_grad_()
+    eye = torch.eye(pre.shape[1], dtype=torch.float64)[:, :, None, None]
+    block = {k: v.detach().double().clone() if isinstance(v, torch.Tensor) else v
+             for k, v in block.items()}
+    y = fastvae.deconv_block(pre, eye, None, stride=1, padding=0, output_padding=0,
+                             backend="reference", **block)
+    grad_pre, = torch.autograd.grad(y, pre, grad_y.double())
+    return 8 * 2**-24 * grad_pre.abs().sum((0, 2, 3)).max().item()
 
 
 @pytest.fixture(params=supported_cpu_capabilities() or ["default"])
