@@ -240,16 +240,23 @@ def _plan(seq: nn.Sequential, prefix: str, report: list) -> tuple:
         report.append(f"{where}: fused {' -> '.join(parts)}")
         runs.append((i, norm, act, j))
         i = j
-    chains = []  # the runs' names, in chains of runs back to back
+    for chain in _chains(runs):
+        if len(chain) > 1:
+            where = (f"{prefix}.{names[run[0]]}" if prefix else names[run[0]] for run in chain)
+            report.append(f"{', '.join(where)}: back to back, channels_last between them on "
+                          "the native CPU kernels")
+    return tuple(runs)
+
+
+def _chains(runs) -> list:
+    """`runs` (FusedSequential._fastvae_runs) grouped into chains of runs back to back, each
+    starting where the one before stops (a run alone is a chain of one)."""
+    chains = []
     for k, run in enumerate(runs):
         if not chains or run[0] != runs[k - 1][3]:
             chains.append([])
-        chains[-1].append(f"{prefix}.{names[run[0]]}" if prefix else names[run[0]])
-    for chain in chains:
-        if len(chain) > 1:
-            report.append(f"{', '.join(chain)}: back to back, channels_last between them on "
-                          "the native CPU kernels")
-    return tuple(runs)
+        chains[-1].append(run)
+    return chains
 
 
 def fuse(model: nn.Module, *, backend: str = "auto", verbose: bool = False) -> nn.Module:
@@ -300,11 +307,10 @@ def _unchained_nchw_on_cpu(model: nn.Module) -> bool:
     for seq in model.modules():
         if type(seq) is FusedSequential:
             modules = list(seq._modules.values())
-            starts = {run[0] for run in seq._fastvae_runs}
-            stops = {run[3] for run in seq._fastvae_runs}
-            for start, *_, stop in seq._fastvae_runs:
-                w = _weight_layout(modules[start])
-                chained = stop in starts or start in stops
-                if not chained and w.device.type == "cpu" and memory_format(w) != torch.channels_last:
+            for chain in _chains(seq._fastvae_runs):
+                if len(chain) > 1:
+                    continue
+                w = _weight_layout(modules[chain[0][0]])
+                if w.device.type == "cpu" and memory_format(w) != torch.channels_last:
                     return True
     return False

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 
 import fastvae  # noqa: E402
 from fastvae.backends import _unavailable_reason, cpu_capability, supported_cpu_capabilities  # noqa: E402
+from fastvae.reference import conv_transpose  # noqa: E402
 
 # Float32 and float64 compare straight against the reference; float16/bfloat16 by the
 # flash-attention rule (see assert_close_to_reference).
@@ -102,10 +103,8 @@ def bias_grad_rounding(x, weight, bias, geometry, grad_y, **block):
     the unit roundoff times that sum in 720 draws). The sums come from float64: the block's
     epilogue (`block`: deconv_block's norm, affine and activation keywords) applied to the
     pre-norm through an identity 1x1 convolution. geometry: [sh, sw, ph, pw, oh, ow]."""
-    sh, sw, ph, pw, oh, ow = geometry
-    pre = torch.nn.functional.conv_transpose2d(
-        x.detach().double(), weight.detach().double(), bias.detach().double(), stride=(sh, sw),
-        padding=(ph, pw), output_padding=(oh, ow)).requires_grad_()
+    pre = conv_transpose(*(t.detach().double() for t in (x, weight, bias)),
+                         geometry).requires_grad_()
     eye = torch.eye(pre.shape[1], dtype=torch.float64)[:, :, None, None]
     block = {k: v.detach().double().clone() if isinstance(v, torch.Tensor) else v
              for k, v in block.items()}
