@@ -223,6 +223,40 @@ def test_no_norm_statistics_are_empty():
     assert [g.numel() for g in grads[2:]] == [0, 0, 0]
 
 
+def poison_cpu_cache(nbytes, blocks):
+    """Fills the native CPU block cache (csrc/cpu/huge_page_empty.h) with `blocks` freed
+    blocks of `nbytes`, every element NaN: reparam_kl's z comes from it."""
+    mu = torch.zeros(nbytes // 4)
+    zs = [torch.ops.fastvae._reparam_kl_fwd(mu, mu, None, torch.tensor(i))[0] for i in range(blocks)]
+    for z in zs:
+        z.fill_(float("nan"))
+    del z, zs
+
+
+@pytest.mark.parametrize("conv_path", ["winograd", "channels_last", "nchw"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_outputs_write_every_element_of_a_reused_block(layout, conv_path, monkeypatch):
+    """Outputs and scratch of 4 MiB and more (y, pre_norm, grad_pre_norm, grad_x, layout
+    copies) come from the block cache: a freed block handed out again is written whole."""
+    monkeypatch.setenv("FASTVAE_CONV_PATH", conv_path)
+    x, weight, bias, kwargs = make_args(n=4, cin=64, cout=16, h=64, w=64, layout=layout,
+                                        affine="channel")
+    kwargs["activation"] = "silu"
+    grad_y = torch.randn(4, 16, 128, 128)
+    nbytes = grad_y.numel() * 4  # y's and x's size: 4 MiB
+    monkeypatch.setenv("FASTVAE_CPU_CACHE_MB", "0")
+    poison_cpu_cache(nbytes, 1)  # empties the cache
+    fresh = run("native", x, weight, bias, kwargs, grad_y)
+    monkeypatch.setenv("FASTVAE_CPU_CACHE_MB", "256")
+    poison_cpu_cache(nbytes, 8)
+    assert torch.ops.fastvae._cpu_cache_bytes() == 8 * nbytes
+    reused = run("native", x, weight, bias, kwargs, grad_y)
+    assert torch.ops.fastvae._cpu_cache_bytes() < 8 * nbytes  # poisoned blocks were taken
+    for name in fresh:
+        torch.testing.assert_close(reused[name], fresh[name], rtol=1e-6, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("norm, affine", [("group", "channel"), ("instance", "spatial"),
                                           ("none", "style")])
 def test_opcheck(norm, affine):

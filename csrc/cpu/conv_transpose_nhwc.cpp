@@ -636,8 +636,8 @@ at::Tensor conv_transpose_nhwc_forward(const at::Tensor& x, const at::Tensor& we
   RECORD_FUNCTION("fastvae::conv_transpose_nhwc_forward", std::vector<c10::IValue>());
   const int64_t ci = weight.size(0), co = weight.size(1);
   at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
-  at::Tensor y = at::empty({x.size(0), co, 2 * x.size(2), 2 * x.size(3)},
-                           x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = empty_huge({x.size(0), co, 2 * x.size(2), 2 * x.size(3)}, x.scalar_type(),
+                            at::MemoryFormat::ChannelsLast);
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_forward", [&] {
@@ -656,7 +656,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   const int64_t ci = weight.size(0), co = weight.size(1);
   const at::Tensor g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
-  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_x = empty_huge(x.sizes(), x.scalar_type(), at::MemoryFormat::ChannelsLast);
   at::Tensor grad_u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   // in weight's memory format: a taps_last grad_weight is written by untransform_weight
   // directly, any other layout is made contiguous there and copied once

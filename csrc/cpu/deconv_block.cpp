@@ -32,6 +32,7 @@
 #include "common/deconv_epilogue.h"
 #include "cpu/conv_plan.h"
 #include "cpu/conv_transpose_nhwc.h"
+#include "cpu/huge_page_empty.h"
 #include "cpu/layout.h"
 
 namespace fastvae::cpu::CPU_CAPABILITY {
@@ -480,7 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_block_fwd(
       groups == kBatch ? std::vector<int64_t>{1, c} : std::vector<int64_t>{n, groups};
   at::Tensor mean = at::empty(stat_shape, x.options().dtype(stat_type));
   at::Tensor rstd = at::empty(stat_shape, x.options().dtype(stat_type));
-  at::Tensor y = at::empty_like(pre);
+  at::Tensor y = empty_huge(pre.sizes(), pre.scalar_type(), fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_fwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     if (groups) group_stats<scalar_t, acc_t>(pre, nhwc, groups, eps, mean, rstd);
@@ -755,7 +756,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deconv_bl
   const at::Tensor gy = grad_y.to(pre.scalar_type()).contiguous(fmt);
   const int64_t n = pre.size(0), c = pre.size(1);
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast && c > 1;
-  at::Tensor gh = at::empty_like(pre);
+  at::Tensor gh = empty_huge(pre.sizes(), pre.scalar_type(), fmt);
   at::Tensor grad_scale, grad_shift, grad_bias;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "deconv_block_bwd", [&] {
     using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;

@@ -111,10 +111,10 @@ class HugePageAllocator final : public c10::Allocator {
 
 }  // namespace
 
-at::Tensor empty_huge(at::IntArrayRef sizes, at::ScalarType dtype) {
+at::Tensor empty_huge(at::IntArrayRef sizes, at::ScalarType dtype, at::MemoryFormat format) {
   static HugePageAllocator allocator;
   return at::detail::empty_generic(sizes, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   dtype, c10::nullopt);
+                                   dtype, format);
 }
 
 size_t huge_cache_bytes() { return cache().held(); }

@@ -21,8 +21,10 @@
 namespace fastvae {
 namespace cpu {
 
-// An uninitialized contiguous CPU tensor, in huge pages (and a kept block) when it is large.
-at::Tensor empty_huge(at::IntArrayRef sizes, at::ScalarType dtype);
+// An uninitialized dense CPU tensor in `format`, in huge pages (and a kept block) when it is
+// large.
+at::Tensor empty_huge(at::IntArrayRef sizes, at::ScalarType dtype,
+                      at::MemoryFormat format = at::MemoryFormat::Contiguous);
 
 // Bytes of freed blocks kept for reuse now.
 size_t huge_cache_bytes();

@@ -11,6 +11,8 @@
 #include <ATen/record_function.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include "cpu/huge_page_empty.h"
+
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -80,7 +82,7 @@ inline at::Tensor to_layout(const at::Tensor& t, at::ScalarType type, at::Memory
     return t.to(type, /*non_blocking=*/false, /*copy=*/false, format);
   }
   RECORD_FUNCTION("fastvae::to_layout", std::vector<c10::IValue>());  // its own profiler range
-  at::Tensor out = at::empty(t.sizes(), t.options().dtype(type).memory_format(format));
+  at::Tensor out = empty_huge(t.sizes(), type, format);
   const int64_t n = t.size(0), c = t.size(1), hw = t.size(2) * t.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "to_layout", [&] {
     using in_t = scalar_t;
