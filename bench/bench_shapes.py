@@ -76,17 +76,17 @@ def _layers():
         for cin, cout, h in ((512, 256, 4), (256, 128, 8), (128, 64, 16)):
             out.append(Layer("dcgan", n, cin, cout, h, "batch", "relu"))
         out.append(Layer("dcgan", n, 64, 3, 32, "none", "tanh"))
-    for n in (1, 8):
-        for cin, cout, h in ((1024, 512, 1), (1024, 512, 2), (512, 256, 16), (256, 128, 32)):
+    for n in (1, 8):  # the four, and pix2pix's 1024->512 layers at 4x4 and 8x8 (256x256 images)
+        for cin, cout, h in ((1024, 512, 1), (1024, 512, 2), (1024, 512, 4), (1024, 512, 8),
+                             (512, 256, 16), (256, 128, 32)):
             out.append(Layer("unet", n, cin, cout, h, "instance", "none"))
     for cin, cout, h in ((512, 256, 8), (256, 128, 16), (128, 64, 32), (128, 64, 64)):
         out.append(Layer("gn32silu", 8, cin, cout, h, "group", "silu"))
     for cin, cout, h in ((256, 128, 16), (128, 64, 32), (64, 32, 64)):
         out.append(Layer("gn32leaky", 8, cin, cout, h, "group", "leaky_relu"))
     # 3x3 stride-2 output_padding-1 up-convolutions (no Winograd path): AntixK's VanillaVAE
-    # decoder at 64x64 (its 512->256@2 first layer is on the gemm path) and CycleGAN's
-    # ResnetGenerator at 128x128
-    for cin, cout, h in ((256, 128, 4), (128, 64, 8), (64, 32, 16), (32, 32, 32)):
+    # decoder at 64x64 and CycleGAN's ResnetGenerator at 128x128
+    for cin, cout, h in ((512, 256, 2), (256, 128, 4), (128, 64, 8), (64, 32, 16), (32, 32, 32)):
         out.append(Layer("vae", 64, cin, cout, h, "batch", "leaky_relu", 3, 2, 1, 1))
     for cin, cout, h in ((256, 128, 32), (128, 64, 64)):
         out.append(Layer("cyclegan", 1, cin, cout, h, "instance", "relu", 3, 2, 1, 1))

@@ -7,6 +7,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <vector>
+
+#include "cpu/conv_plan_table.h"
 #include "cpu/huge_page_empty.h"
 
 extern "C" {
@@ -41,6 +44,18 @@ TORCH_LIBRARY(fastvae, m) {
   // CPU: the name of the convolution path _deconv_block_* take for these operands
   // (csrc/cpu/conv_plan.h).
   m.def("_deconv_block_conv_plan(Tensor x, Tensor weight, int[] geometry) -> str");
+  // CPU: the thresholds of that path rule (csrc/cpu/conv_plan_table.h): Tg, then (Tf, Tmf,
+  // Tb, Tmb, Tc, Tcm) for an NCHW x and for a channels_last x.
+  m.def("_deconv_block_conv_plan_table() -> int[]", [] {
+    namespace t = fastvae::cpu::plan_table;
+    std::vector<int64_t> out{t::kGemmMinCinPerPixel};
+    for (const t::Thresholds& th : {t::kNchwInput, t::kChannelsLastInput}) {
+      out.insert(out.end(), {th.forward_min_pixels_per_cin, th.forward_min_channels,
+                             th.backward_min_pixels_per_cin, th.backward_min_channels,
+                             th.channels_last_min_pixels, th.channels_last_min_channels});
+    }
+    return out;
+  });
   // CPU: bytes of freed large blocks kept for reuse (csrc/cpu/huge_page_empty.h).
   m.def("_cpu_cache_bytes() -> int",
         [] { return static_cast<int64_t>(fastvae::cpu::huge_cache_bytes()); });

@@ -49,19 +49,46 @@ def test_unknown_forced_path_is_an_error(monkeypatch):
 
 def test_auto_takes_every_path(monkeypatch):
     """Over the layers of real decoders (bench/bench_shapes.py's range of sizes) the rule
-    chooses each path somewhere: a path it never takes would be dead code or a wrong table."""
+    chooses each path its table can reach somewhere: one it never takes would be dead code or
+    a wrong table. One Winograd direction alone is reachable only where its thresholds are
+    below the other's (the fitted table may have the forward's at or below the backward's)."""
     monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
+    table = torch.ops.fastvae._deconv_block_conv_plan_table()
+    nchw, cl = table[1:7], table[7:13]
+    reachable = set(PATHS)
+    for alone, (mine, other) in (("winograd_forward", (slice(0, 2), slice(2, 4))),
+                                 ("winograd_backward", (slice(2, 4), slice(0, 2)))):
+        if not any(t[mine][0] < t[other][0] or t[mine][1] < t[other][1] for t in (nchw, cl)):
+            reachable.discard(alone)
     taken = set()
     for n, c, hw, fmt in itertools.product((1, 8, 64), (3, 64, 512), (1, 2, 4, 8, 16, 32, 64),
                                            (torch.contiguous_format, torch.channels_last)):
         x = torch.empty(n, c, hw, hw, memory_format=fmt)  # the rule reads sizes and layout
         taken.add(plan(x, cout=c))
         taken.add(plan(x, cout=c, kernel=3, geometry=[2, 2, 1, 1, 1, 1]))  # no Winograd
-        if hw == 1 or (hw <= 2 and n * hw * hw <= 512):
-            assert plan(x, cout=c) == "gemm"  # small maps: matrix products
-        elif hw == 4:
-            assert plan(x, cout=c) != "gemm"  # 4x4: oneDNN wins on some CPUs
-    assert taken == set(PATHS)
+        if hw == 1:
+            assert plan(x, cout=c) == "gemm"  # a 1x1 input: one product
+    assert taken == reachable
+
+
+K3S2P1OP1 = [2, 2, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("n, cin, cout, hw, kernel, geometry, gemm", [
+    (1, 1024, 512, 4, 4, K4S2P1, True),      # pix2pix 1024->512@4 b1: 2.5x oneDNN's NCHW
+    (8, 1024, 512, 2, 4, K4S2P1, True),      # its 2x2 layer at b8: 2.2x
+    (16, 512, 256, 2, 3, K3S2P1OP1, True),   # VanillaVAE's first layer at b16: 1.4x
+    (64, 512, 256, 2, 3, K3S2P1OP1, False),  # ... at b64: 0.9x
+    (16, 512, 256, 4, 4, K4S2P1, False),     # DCGAN 512->256@4 b16: 0.8x
+    (8, 512, 256, 8, 4, K4S2P1, False),      # GN32 decoder 512->256@8 b8: 0.7x
+])
+def test_gemm_where_the_pixels_are_few_for_the_weight(n, cin, cout, hw, kernel, geometry, gemm,
+                                                      monkeypatch):
+    """auto's gemm rule (Cin >= Tg * N*H*W) on layers it was fitted to (tools/conv_paths.py;
+    fwd+bwd of the gemm path against the best other path on an AVX-512 EPYC)."""
+    monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
+    x = torch.empty(n, cin, hw, hw)
+    assert (plan(x, cout=cout, geometry=geometry, kernel=kernel) == "gemm") == gemm
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -107,7 +134,7 @@ def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layo
     """The gemm path on small maps, values and every gradient, against the reference; a
     channels_last weight (taken without a copy on 1x1 maps) gives a channels_last output and
     grad_weight, as eager's convolution does."""
-    if hw[0] * hw[1] > 4:  # auto takes it up to 2x2 (test_auto_takes_every_path)
+    if hw != (1, 1):  # auto takes it on every 1x1 map, on larger ones with many channels
         monkeypatch.setenv("FASTVAE_CONV_PATH", "gemm")
     assert plan(torch.empty(3, 7, *hw), kernel=kernel, geometry=geometry) == "gemm"
     torch.manual_seed(torch.seed() % 2**31)

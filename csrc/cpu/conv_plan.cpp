@@ -12,15 +12,11 @@
 namespace fastvae {
 namespace cpu {
 
-// gemm (csrc/cpu/conv_plan.h) for every 1x1 input and for maps of at most kGemmMaxPlane
-// pixels a sample holding at most kGemmMaxPixels in all (N*H*W). `tools/conv_paths.py
-// --small-maps`, fwd+bwd against the best other path: 1x1 inputs 1.6x-3.6x; 2x2 (U-Net
-// 1024->512@2, N*H*W 4-32) 2.4x-2.9x; 4x4 at N*H*W 256 (DCGAN 512->256@4 b16) 1.10x-1.25x
-// on an AVX-512 Xeon but 0.91x on an AVX-512 EPYC (2026-12-04), at 1024 (b64) 0.67x-1.01x;
-// 8x8 maps 0.43x-0.83x. So 2x2 at most: where 4x4 gains it is by 10-25%, where it loses
-// the block falls behind eager.
-constexpr int64_t kGemmMaxPlane = 4;
-constexpr int64_t kGemmMaxPixels = 512;
+// gemm (csrc/cpu/conv_plan.h) for every 1x1 input, and where x has at least
+// plan_table::kGemmMinCinPerPixel input channels per pixel (N*H*W): oneDNN's cost on a
+// small map is mostly its per-call work on the weight, so the matrix products win where the
+// pixels are few for the weight's size (pix2pix's 1024->512@4 b1: 2.5x), and lose where
+// they are not (DCGAN's 512->256@4 b16, 256 pixels: 0.8x). tools/conv_paths.py fits it.
 
 ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type) {
   const bool x_channels_last = !x.is_contiguous() &&
@@ -41,7 +37,7 @@ ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarTyp
     return {false};
   }
   const int64_t plane = x.size(2) * x.size(3), pixels = x.size(0) * plane;
-  if (plane == 1 || (plane <= kGemmMaxPlane && pixels <= kGemmMaxPixels)) {
+  if (plane == 1 || (pixels > 0 && x.size(1) / pixels >= plan_table::kGemmMinCinPerPixel)) {
     return {x_channels_last, false, false, true};
   }
   const plan_table::Thresholds& t =

@@ -16,10 +16,10 @@
 //                      im2col of the gradient and two products. A 1x1 input without
 //                      padding (DCGAN's latent) needs no col2im: output pixel (i, j) is tap
 //                      (i, j) times the input pixel. oneDNN's deconvolution runs 1x1-4x4
-//                      maps 1.6x-3.6x slower than these products (tools/conv_paths.py
-//                      --small-maps), so auto takes gemm for every 1x1 input and for maps of
-//                      at most 4 pixels a sample and 512 in all (N*H*W), before the
-//                      thresholds below (csrc/cpu/conv_plan.cpp has the numbers).
+//                      maps up to 2.5x slower than these products where the pixels are
+//                      few for the weight's size, so auto takes gemm for every 1x1 input
+//                      and where Cin >= Tg * N*H*W, before the thresholds below (Tg fitted
+//                      by tools/conv_paths.py; csrc/cpu/conv_plan.cpp has the numbers).
 // "auto" (the default): each direction by Winograd where x holds at least Tf (forward) or
 // Tb (backward) pixels (N*H*W) per input channel and Cin, Cout >= Tmf or Tmb; the other
 // direction, if any, in channels_last. Per input channel: the Winograd fixed costs (weight
