@@ -76,7 +76,8 @@ def _layers():
         for cin, cout, h in ((512, 256, 4), (256, 128, 8), (128, 64, 16)):
             out.append(Layer("dcgan", n, cin, cout, h, "batch", "relu"))
         out.append(Layer("dcgan", n, 64, 3, 32, "none", "tanh"))
-    for n in (1, 8):  # the four, and pix2pix's 1024->512 layers at 4x4 and 8x8 (256x256 images)
+    # the four U-Net layers, and pix2pix's 1024->512 at 4x4 and 8x8 (256x256 images)
+    for n in (1, 8):
         for cin, cout, h in ((1024, 512, 1), (1024, 512, 2), (1024, 512, 4), (1024, 512, 8),
                              (512, 256, 16), (256, 128, 32)):
             out.append(Layer("unet", n, cin, cout, h, "instance", "none"))

@@ -227,7 +227,8 @@ def poison_cpu_cache(nbytes, blocks):
     """Fills the native CPU block cache (csrc/cpu/huge_page_empty.h) with `blocks` freed
     blocks of `nbytes`, every element NaN: reparam_kl's z comes from it."""
     mu = torch.zeros(nbytes // 4)
-    zs = [torch.ops.fastvae._reparam_kl_fwd(mu, mu, None, torch.tensor(i))[0] for i in range(blocks)]
+    fwd = torch.ops.fastvae._reparam_kl_fwd
+    zs = [fwd(mu, mu, None, torch.tensor(i))[0] for i in range(blocks)]
     for z in zs:
         z.fill_(float("nan"))
     del z, zs

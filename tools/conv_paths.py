@@ -14,8 +14,9 @@ holds at least Tc pixels (N*H*W) and the fewer of Cin, Cout is at least Tcm, els
 (Tf, Tmf, Tb, Tmb, Tc, Tcm) is chosen per layout of x, from the measured pixel and channel
 counts, to minimise the summed slowdown of auto's choice against the best path over the
 layers, among the settings under which no layer runs more than 3% (NOISE) slower than
-eager's own convolution (oneDNN's, in x's layout): the block is never slower than eager. --write puts them and the table they came from into csrc/cpu/conv_plan_table.h
-(rebuild the extension after). The norm and activation are left out (norm "none"): they
+eager's own convolution (oneDNN's, in x's layout): the block is never slower than eager.
+--write puts them and the table they came from into csrc/cpu/conv_plan_table.h (rebuild
+the extension after). The norm and activation are left out (norm "none"): they
 run the same fused epilogue whatever the conv path.
 
 The gemm path first: on every layer of the sweep with a 2x2 to 8x8 input (an NCHW x), gemm
