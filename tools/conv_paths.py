@@ -78,15 +78,20 @@ def measure_small_maps(rounds):
         if not 1 < layer.h <= 8:
             continue
         paths = ("gemm",) + (PATHS if layer.winograd_geometry else PATHS[:2])
-        times = interleaved_seconds({p: runner(layer, torch.contiguous_format, p) for p in paths},
-                                    rounds)
-        rows.append((layer, {p: min(v) for p, v in times.items()}))
-        t = rows[-1][1]
+        t = time_paths(layer, torch.contiguous_format, paths, rounds)
+        rows.append((layer, t))
         print(f"{layer.name:34s} cin/px {cin_per_pixel(layer):4d} " + " ".join(
             f"{p}={1e3 * v:.2f}" for p, v in t.items())
             + f"  best other / gemm {best_other(t) / t['gemm']:.2f}x", flush=True)
-    os.environ.pop("FASTVAE_CONV_PATH", None)
     return rows
+
+
+def time_paths(layer, fmt, paths, rounds):
+    """{path: seconds}: one native forward + backward of `layer` per path forced, least of
+    `rounds` interleaved; FASTVAE_CONV_PATH is unset after."""
+    times = interleaved_seconds({p: runner(layer, fmt, p) for p in paths}, rounds)
+    os.environ.pop("FASTVAE_CONV_PATH", None)
+    return {p: min(v) for p, v in times.items()}
 
 
 def cin_per_pixel(layer):
@@ -102,23 +107,35 @@ def on_gemm(layer, tg):
     return layer.h == 1 or cin_per_pixel(layer) >= tg
 
 
+def gemm_slowdowns(rows, tg):
+    """Per row: the time under Tg (gemm where Cin >= Tg * N*H*W, else the best other path)
+    over the best path's."""
+    return [(t["gemm"] if on_gemm(layer, tg) else best_other(t)) / min(t.values())
+            for layer, t in rows]
+
+
 def best_gemm_threshold(rows):
-    """Tg minimising the summed slowdown (gemm where Cin >= Tg * N*H*W, else the best other
-    path) over the rows, gemm nowhere more than NOISE slower than eager's NCHW convolution;
-    among equal sums the largest (gemm taken in the fewest places)."""
+    """Tg minimising the summed slowdown over the rows, gemm nowhere more than NOISE slower
+    than eager's NCHW convolution; among equal sums the largest (gemm taken in the fewest
+    places)."""
     candidates = sorted({cin_per_pixel(layer) for layer, _ in rows} | {1}) + [NEVER]
     safe = [tg for tg in candidates if all(t["gemm"] <= (1 + NOISE) * t["nchw"]
                                            for layer, t in rows if on_gemm(layer, tg))]
-    def cost(tg):
-        return sum((t["gemm"] if on_gemm(layer, tg) else best_other(t)) / min(t.values())
-                   for layer, t in rows)
-    return min(reversed(safe), key=cost)
+    return min(reversed(safe), key=lambda tg: sum(gemm_slowdowns(rows, tg)))
+
+
+def fit_gemm(rounds):
+    """(rows of measure_small_maps, Tg fitted to them), the rule printed."""
+    rows = measure_small_maps(rounds)
+    tg = best_gemm_threshold(rows)
+    print(f"gemm where Cin >= {tg} * N*H*W (and on every 1x1 input); on these layers the "
+          f"worst slowdown against the best path {max(gemm_slowdowns(rows, tg)):.2f}x")
+    return rows, tg
 
 
 def small_maps(rounds):
     """The gemm part of the fit alone; oneDNN's stride-1 bias on the 1x1 layers."""
-    tg = best_gemm_threshold(measure_small_maps(rounds))
-    print(f"gemm where Cin >= {tg} * N*H*W (and on every 1x1 input)")
+    fit_gemm(rounds)
     for layer in LAYERS.values():
         if layer.h == 1 and layer.stride == 1:
             x = torch.randn(layer.n, layer.cin, 1, 1)
@@ -141,11 +158,9 @@ def measure(rounds, tg):
             continue  # a small map on the gemm path
         paths = PATHS if layer.winograd_geometry else PATHS[:2]
         for layout, fmt in (("nchw", torch.contiguous_format), ("cl", torch.channels_last)):
-            times = interleaved_seconds({p: runner(layer, fmt, p) for p in paths}, rounds)
-            rows.append((layer, layout, {p: min(t) for p, t in times.items()}))
+            rows.append((layer, layout, time_paths(layer, fmt, paths, rounds)))
             print(f"{layer.name:34s} {layout:4s} " + "  ".join(
                 f"{p}={1e3 * t:8.2f} ms" for p, t in rows[-1][2].items()), flush=True)
-    os.environ.pop("FASTVAE_CONV_PATH", None)
     return rows
 
 
@@ -285,12 +300,7 @@ def main():
     if args.small_maps:
         small_maps(args.rounds)
         return
-    small_rows = measure_small_maps(args.rounds)
-    tg = best_gemm_threshold(small_rows)
-    worst = max((t["gemm"] if on_gemm(layer, tg) else best_other(t)) / min(t.values())
-                for layer, t in small_rows)
-    print(f"gemm where Cin >= {tg} * N*H*W (and on every 1x1 input); on these layers the "
-          f"worst slowdown against the best path {worst:.2f}x")
+    small_rows, tg = fit_gemm(args.rounds)
     rows = measure(args.rounds, tg)
     thresholds = {layout: best_thresholds([r for r in rows if r[1] == layout])
                   for layout in ("nchw", "cl")}
