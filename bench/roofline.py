@@ -25,9 +25,9 @@ def interleaved_seconds(runs: dict, rounds: int) -> dict:
     is timed by it (seconds it measured itself, such as a profiled part of its work).
 
     What a run returns (its gradients, say) is freed inside its own timing, as a training
-    step frees them: kept until the next entry's call, an entry's outputs were freed inside
-    that entry's timing instead (eager's 128 MB of gradients, unmapped page by page, added
-    10 ms to the native reparam_kl after it)."""
+    step frees them. (Kept until the next entry's call, it was freed inside the next entry's
+    timing: eager reparam_kl's 128 MB of gradients, unmapped page by page, added 10 ms to
+    the native entry after it.)"""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
