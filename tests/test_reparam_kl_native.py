@@ -207,6 +207,21 @@ def test_every_output_element_is_written(shape, dtype):
             assert torch.isfinite(t).all()
 
 
+def test_std_is_exp_of_half_logvar_to_an_ulp_over_float32s_range():
+    """std = exp(logvar / 2) (on the CPU exp_f, common/reparam_kl.h) over float32's whole
+    exp range: subnormal results, 0 below it, +inf above it, NaN for NaN."""
+    if DEVICE != "cpu":
+        pytest.skip("the CPU kernels' exp_f; the CUDA kernels take CUDA's expf")
+    edges = [88.72283172607421875, 88.72283935546875, -87.33654, -103.97, -104.0, -150.0,
+             float("inf"), float("-inf"), float("nan")]
+    half = torch.cat([torch.linspace(-110, 90, 20001), torch.tensor(edges)])
+    logvar = (2 * half).view(1, -1)  # half of it is `half` exactly
+    mu, eps = torch.zeros_like(logvar), torch.ones_like(logvar)
+    z, _ = fwd(mu, logvar, eps, seed_tensor(0))  # z = std * 1
+    expected = torch.exp(half.double()).float().view(1, -1)
+    torch.testing.assert_close(z, expected, rtol=2.5e-7, atol=1.5e-45, equal_nan=True)
+
+
 @pytest.mark.parametrize("given_eps", [False, True], ids=["philox", "eps"])
 def test_nonfinite_inputs_propagate_like_reference(given_eps):
     shape = (4, 50)

@@ -107,6 +107,20 @@ inline const acc_t* noise_lanes(const scalar_t* eps, uint64_t seed, int64_t i, i
   return buf;
 }
 
+// std = exp(logvar / 2) of a block's kLanes lanes: float32 by exp_f in a loop gcc
+// vectorizes (common/reparam_kl.h), float64 by Vectorized's exp.
+template <typename acc_t>
+inline void std_lanes(const acc_t* logvar, acc_t* std) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (int l = 0; l < kLanes; ++l) std[l] = exp_f(0.5f * logvar[l]);
+  } else {
+    using Vec = Vectorized<acc_t>;
+    for (int64_t l = 0; l < kLanes; l += Vec::size()) {
+      (Vec::loadu(logvar + l) * Vec(acc_t(0.5))).exp().store(std + l);
+    }
+  }
+}
+
 // The sum of kParts vectors' lanes, in a fixed order.
 template <int kParts, typename acc_t>
 inline acc_t sum_lanes(const Vectorized<acc_t> (&parts)[kParts]) {
@@ -137,10 +151,12 @@ at::opmath_type<scalar_t> fwd_chunk(const scalar_t* mu, const scalar_t* logvar,
     const acc_t* lv = load_lanes(logvar + i, n, lv_buf);
     const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
     acc_t* out = out_lanes(z + i, n, z_buf);
+    alignas(64) acc_t std_buf[kLanes];
+    std_lanes(lv, std_buf);
     for (int p = 0; p < kParts; ++p) {
       const int64_t l = p * Vec::size();
       const Vec mv = Vec::loadu(m + l), lvv = Vec::loadu(lv + l);
-      const Vec std = (lvv * Vec(acc_t(0.5))).exp();
+      const Vec std = Vec::loadu(std_buf + l);
       reparam_z(mv, std, Vec::loadu(e + l)).store(out + l);
       kl[p] += kl_term(mv, lvv, std * std);
     }
@@ -166,9 +182,11 @@ void bwd_chunk(const scalar_t* grad_z, at::opmath_type<scalar_t> grad_kl, const 
     const acc_t* e = noise_lanes(eps, seed, i, n, e_buf);
     acc_t* gm = out_lanes(grad_mu + i, n, gm_buf);
     acc_t* glv = out_lanes(grad_logvar + i, n, glv_buf);
+    alignas(64) acc_t std_buf[kLanes];
+    std_lanes(lv, std_buf);
     for (int64_t l = 0; l < kLanes; l += Vec::size()) {
-      const Vec gzv = Vec::loadu(gz + l), lvv = Vec::loadu(lv + l);
-      const Vec std = (lvv * Vec(acc_t(0.5))).exp();
+      const Vec gzv = Vec::loadu(gz + l);
+      const Vec std = Vec::loadu(std_buf + l);
       reparam_kl_grad_mu(gzv, gkl, Vec::loadu(m + l)).store(gm + l);
       reparam_kl_grad_logvar(gzv, gkl, std, std * std, Vec::loadu(e + l)).store(glv + l);
     }
