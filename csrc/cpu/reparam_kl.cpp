@@ -9,8 +9,8 @@
 // are added in chunk order, so kl does not depend on the thread count or the schedule.
 // Inside a chunk, blocks of kLanes elements are staged through small arrays: integer
 // Philox on the 64-bit slots of SSE2/AVX2/AVX-512 registers (cpu/philox_lanes.h),
-// Box-Muller in a loop gcc vectorizes, the rest in Vectorized. Built once per CPU
-// capability (cpu/capability.h).
+// Box-Muller and float32's std = exp(logvar / 2) (exp_f, common/reparam_kl.h) in loops gcc
+// vectorizes, the rest in Vectorized. Built once per CPU capability (cpu/capability.h).
 #include "cpu/capability.h"
 
 #include <ATen/core/Tensor.h>
