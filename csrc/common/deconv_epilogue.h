@@ -20,6 +20,8 @@
 #endif
 #endif
 
+#include "common/exp_poly.h"
+
 namespace fastvae {
 namespace deconv {
 
@@ -88,19 +90,14 @@ FASTVAE_HD inline T sigmoid(T a) {
 // CPU loops vectorize: std::exp is a scalar call there (glibc's vector expf needs
 // -ffast-math), which made a SiLU epilogue cost 60 ms of a 160 ms block at 128->64@64.
 // Cephes' expf: 2^n * p(r), n = round(x / ln 2) by the 1.5 * 2^23 trick, r = x - n ln 2 in
-// two parts, a degree-7 polynomial; about 1 ulp. Below -103.97 the float result is 0.
+// two parts, a degree-7 polynomial (common/exp_poly.h); about 1 ulp. Below -103.97 the
+// float result is 0.
 FASTVAE_HD inline float exp_nonpositive(float x) {
   const float xc = x < -87.3f ? -87.3f : x;  // keeps 2^n a normal float
   const float kRound = 12582912.0f;           // 1.5 * 2^23: t + kRound - kRound rounds t
   const float n = (xc * 1.44269504088896341f + kRound) - kRound;
   const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const float p = exp_poly(r);
   union {
     int i;
     float f;

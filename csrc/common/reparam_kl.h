@@ -6,16 +6,17 @@
 // std * std.
 #pragma once
 
-#include "common/philox.h"
+#include "common/philox.h"  // first: its FASTVAE_HD
+#include "common/exp_poly.h"
 
 namespace fastvae {
 
 // exp(x) in float32 (Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, ln2 in two parts, a
-// degree-7 polynomial in r; about 1 ulp), branch-free so the CPU lane loops vectorize it:
-// ATen's Vectorized exp is a call into Sleef per vector, 0.4 ns of the AVX2 kernel's 3.8
-// an element. 2^n is applied as two exact powers of two, so results in the subnormal range
-// round once, as libm's do; exp(x) is +inf above 88.72 (and for +inf), 0 below -104 (and
-// for -inf), and NaN for NaN.
+// degree-7 polynomial in r, common/exp_poly.h; about 1 ulp), branch-free so the CPU lane
+// loops vectorize it: ATen's Vectorized exp is a call into Sleef per vector, 0.4 ns of the
+// AVX2 kernel's 3.8 an element. 2^n is applied as two exact powers of two, so results in
+// the subnormal range round once, as libm's do; exp(x) is +inf above 88.72 (and for +inf),
+// 0 below -104 (and for -inf), and NaN for NaN.
 FASTVAE_HD float exp_f(float x) {
   constexpr float kMax = 88.72283935546875f;  // the least float whose exp overflows
   constexpr float kMin = -104.0f;             // exp(kMin) < FLT_TRUE_MIN / 2: rounds to 0
@@ -25,13 +26,7 @@ FASTVAE_HD float exp_f(float x) {
   const float n = t - kRound;  // round(xs / ln 2), in [-150, 128]
   const int32_t ni = static_cast<int32_t>(float_bits(t) - float_bits(kRound));
   const float r = (xs - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  const float p = exp_poly(r);
   const int32_t n1 = ni >> 1, n2 = ni - n1;  // each in [-75, 64]: normal powers of two
   // at the clamps the product itself overflows to +inf (kMax) or rounds to 0 (kMin)
   return p * bits_float(static_cast<uint32_t>(n1 + 127) << 23) *
