@@ -12,15 +12,7 @@
 
 #include <cmath>
 
-#ifndef FASTVAE_HD
-#ifdef __CUDACC__
-#define FASTVAE_HD __host__ __device__
-#else
-#define FASTVAE_HD
-#endif
-#endif
-
-#include "common/exp_poly.h"
+#include "common/exp_poly.h"  // and FASTVAE_HD, unless a header before defined it
 
 namespace fastvae {
 namespace deconv {

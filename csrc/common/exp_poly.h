@@ -3,7 +3,7 @@
 // to about 1 ulp; the callers reduce x = n ln 2 + r and scale by 2^n.
 #pragma once
 
-#ifndef FASTVAE_HD
+#ifndef FASTVAE_HD  // (common/philox.h defines its own, always inlined)
 #ifdef __CUDACC__
 #define FASTVAE_HD __host__ __device__
 #else
