@@ -12,7 +12,8 @@ import torch  # noqa: E402
 
 import fastvae  # noqa: E402
 from fastvae.backends import _unavailable_reason, cpu_capability, supported_cpu_capabilities  # noqa: E402
-from fastvae.reference import conv_transpose  # noqa: E402
+from fastvae.reference import (BATCH, _grouped, _ungrouped, conv_transpose, group_stats,  # noqa: E402
+                               normalize)
 
 # Float32 and float64 compare straight against the reference; float16/bfloat16 by the
 # flash-attention rule (see assert_close_to_reference).
@@ -100,7 +101,8 @@ def bias_grad_rounding(x, weight, bias, geometry, grad_y, **block):
     """An absolute bound on the float32 rounding of a conv bias's gradient in a block whose
     norm makes it zero: the float32 unit roundoff times 8 times the largest per-channel sum
     of |gradient of the pre-norm|, the terms it adds up (torch's own error reached 2.8x of
-    the unit roundoff times that sum in 720 draws). The sums come from float64: the block's
+    the unit roundoff times that sum in 720 draws), or of the norm backward's terms before
+    they cancel (_norm_backward_terms_rounding), whichever is larger. The sums come from float64: the block's
     epilogue (`block`: deconv_block's norm, affine and activation keywords) applied to the
     pre-norm through an identity 1x1 convolution. geometry: [sh, sw, ph, pw, oh, ow]."""
     pre = conv_transpose(*(t.detach().double() for t in (x, weight, bias)),
@@ -121,33 +123,26 @@ def _norm_backward_terms_rounding(pre, grad_y, block):
     normalized n: the native kernels sum grad_bias from those sums, and where they cancel
     the |grad_pre_norm| bound above is too small (the gemm path's InstanceNorm + SiLU
     grad_bias read 8.96 u times that sum in CI, 2026-12-05; 16 u still failed 1 run in 60).
-    0 for a block without batch statistics to normalize by."""
+    0 for a block without batch statistics to normalize by. Statistics and grouping are the
+    reference's own (fastvae/reference.py)."""
     norm = block.get("norm", "group")
     if norm not in ("group", "instance", "batch") or block.get("training") is False:
         return 0.0
-    n_, c = pre.shape[:2]
-    if norm == "batch":  # statistics per channel: (C, N, H*W), reduced over 1, 2
-        view, red = pre.transpose(0, 1).reshape(c, n_, -1), (1, 2)
-        back = lambda t: t.reshape(c, n_, *pre.shape[2:]).transpose(0, 1)  # noqa: E731
-    else:  # per (sample, group): (N, G, C/G*H*W), reduced over 2
-        groups = c if norm == "instance" else block.get("num_groups", 32)
-        view, red = pre.reshape(n_, groups, -1), (2,)
-        back = lambda t: t.reshape(pre.shape)  # noqa: E731
-    mean = view.mean(red, keepdim=True)
-    rstd = (((view - mean) ** 2).mean(red, keepdim=True) + block.get("eps", 1e-5)).rsqrt()
-    normalized = (view - mean) * rstd
-    n_leaf = back(normalized).requires_grad_()
+    c = pre.shape[1]
+    groups = {"batch": BATCH, "instance": c}.get(norm, block.get("num_groups", 32))
+    mean, rstd = group_stats(pre, groups, block.get("eps", 1e-5))
+    n = normalize(pre, mean, rstd, groups).requires_grad_()
     rest = {k: v for k, v in block.items()
             if k in ("norm_weight", "norm_bias", "style_scale", "style_shift", "activation",
                      "negative_slope")}
     eye = torch.eye(c, dtype=torch.float64)[:, :, None, None]
-    y = fastvae.deconv_block(n_leaf, eye, None, stride=1, padding=0, output_padding=0,
+    y = fastvae.deconv_block(n, eye, None, stride=1, padding=0, output_padding=0,
                              norm="none", backend="reference", **rest)
-    g_n, = torch.autograd.grad(y, n_leaf, grad_y)
-    g = g_n.transpose(0, 1).reshape(view.shape) if norm == "batch" else g_n.reshape(view.shape)
-    cm, cn = g.mean(red, keepdim=True), (g * normalized).mean(red, keepdim=True)
-    terms = back(rstd * (g.abs() + cm.abs() + (normalized * cn).abs()))
-    return 8 * 2**-24 * terms.sum((0, 2, 3)).max().item()
+    g_n, = torch.autograd.grad(y, n, grad_y)
+    gn, nn_ = _grouped(g_n, groups), _grouped(n.detach(), groups)
+    terms = rstd[..., None] * (gn.abs() + gn.mean(-1, keepdim=True).abs()
+                               + (nn_ * (gn * nn_).mean(-1, keepdim=True)).abs())
+    return 8 * 2**-24 * _ungrouped(terms, groups, pre.shape).sum((0, 2, 3)).max().item()
 
 
 @pytest.fixture(params=supported_cpu_capabilities() or ["default"])
