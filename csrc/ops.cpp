@@ -7,9 +7,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
 #include <vector>
 
-#include "cpu/conv_plan_table.h"
+#include "cpu/conv_plan.h"
 #include "cpu/huge_page_empty.h"
 
 extern "C" {
@@ -44,18 +45,20 @@ TORCH_LIBRARY(fastvae, m) {
   // CPU: the name of the convolution path _deconv_block_* take for these operands
   // (csrc/cpu/conv_plan.h).
   m.def("_deconv_block_conv_plan(Tensor x, Tensor weight, int[] geometry) -> str");
-  // CPU: the thresholds of that path rule (csrc/cpu/conv_plan_table.h): Tg, then (Tf, Tmf,
-  // Tb, Tmb, Tc, Tcm) for an NCHW x and for a channels_last x.
+  // CPU: the thresholds of that path rule in use (csrc/cpu/conv_plan_thresholds.h): Tg, then
+  // (Tf, Tmf, Tb, Tmb, Tc, Tcm) for an NCHW x and for a channels_last x; and its class's name.
   m.def("_deconv_block_conv_plan_table() -> int[]", [] {
-    namespace t = fastvae::cpu::plan_table;
-    std::vector<int64_t> out{t::kGemmMinCinPerPixel};
-    for (const t::Thresholds& th : {t::kNchwInput, t::kChannelsLastInput}) {
+    const fastvae::cpu::plan_table::Table& table = fastvae::cpu::conv_plan_table();
+    std::vector<int64_t> out{table.gemm_min_cin_per_pixel};
+    for (const auto& th : {table.nchw_input, table.channels_last_input}) {
       out.insert(out.end(), {th.forward_min_pixels_per_cin, th.forward_min_channels,
                              th.backward_min_pixels_per_cin, th.backward_min_channels,
                              th.channels_last_min_pixels, th.channels_last_min_channels});
     }
     return out;
   });
+  m.def("_deconv_block_conv_plan_class() -> str",
+        [] { return std::string(fastvae::cpu::conv_plan_table().name); });
   // CPU: bytes of freed large blocks kept for reuse (csrc/cpu/huge_page_empty.h).
   m.def("_cpu_cache_bytes() -> int",
         [] { return static_cast<int64_t>(fastvae::cpu::huge_cache_bytes()); });

@@ -141,22 +141,31 @@ def cpu_description() -> str:
     """The CPU model, the vector instruction sets it has (from /proc/cpuinfo) and the native
     CPU kernels' capability in use: the line benchmarks and `fastvae info` print, as a ratio
     measured on one instruction set can flip on another."""
-    model, flags = platform.processor() or "unknown CPU", set()
+    model, flags, ids = platform.processor() or "unknown CPU", set(), {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     model = value.strip()
+                elif key.strip() in ("cpu family", "model"):  # "AMD EPYC" is Zen 4 or Zen 5
+                    ids.setdefault(key.strip(), value.strip())
                 elif key.strip() == "flags":
                     flags = set(value.split())
                     break
     except OSError:
         pass
     has = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no SSE4.2"
+    if "cpu family" in ids:
+        model += f" (family {ids['cpu family']} model {ids.get('model', '?')})"
     try:
         capability = cpu_capability()
     except RuntimeError as e:  # a FASTVAE_CPU_CAPABILITY this CPU cannot run
         capability = f"invalid ({e})"
+    if capability and not capability.startswith("invalid"):
+        try:  # the table of deconv_block's conv path rule (csrc/cpu/conv_plan_thresholds.h)
+            capability += f", conv path table {torch.ops.fastvae._deconv_block_conv_plan_class()}"
+        except RuntimeError as e:  # a FASTVAE_CONV_TABLE that names no table
+            capability += f", conv path table invalid ({e})"
     return (f"{model}, {os.cpu_count()} CPUs, {has}; native CPU kernels: {capability or 'not built'}; "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")

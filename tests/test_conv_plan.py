@@ -1,6 +1,7 @@
 """The native CPU deconv_block's conv paths (csrc/cpu/conv_plan.h): each against the
 reference, and the `auto` rule taking every one of them somewhere."""
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,19 +48,36 @@ def test_unknown_forced_path_is_an_error(monkeypatch):
         plan(torch.randn(2, 6, 5, 3))
 
 
-def test_auto_takes_every_path(monkeypatch):
+TABLES = ("blas_full_rate", "blas_half_rate")  # csrc/cpu/conv_plan_thresholds.h
+NEVER = 2**40  # tools/conv_paths.py's threshold no layer reaches
+
+
+def reachable_paths(table):
+    """The paths a table's thresholds let auto take: both Winograd directions where neither
+    channel minimum is NEVER, one alone where its thresholds are below the other's or the
+    other's is NEVER."""
+    reachable = {"nchw", "channels_last", "gemm"}
+    for t in (table[1:7], table[7:13]):  # an NCHW x, a channels_last x
+        fwd, bwd = t[0:2], t[2:4]
+        if fwd[1] < NEVER and bwd[1] < NEVER:
+            reachable.add("winograd")
+        for alone, mine, other in (("winograd_forward", fwd, bwd), ("winograd_backward", bwd, fwd)):
+            if mine[1] < NEVER and (other[1] >= NEVER or mine[0] < other[0] or mine[1] < other[1]):
+                reachable.add(alone)
+    return reachable
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_auto_takes_every_path(table, monkeypatch):
     """Over the layers of real decoders (bench/bench_shapes.py's range of sizes) the rule
-    chooses each path its table can reach somewhere: one it never takes would be dead code or
-    a wrong table. One Winograd direction alone is reachable only where its thresholds are
-    below the other's (the fitted table may have the forward's at or below the backward's)."""
+    chooses, under each CPU class's table, each path that table can reach somewhere: one it
+    never takes would be dead code or a wrong table. One Winograd direction alone is
+    reachable only where its thresholds are below the other's (the fitted table may have the
+    forward's at or below the backward's), both only where neither is NEVER."""
     monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
-    table = torch.ops.fastvae._deconv_block_conv_plan_table()
-    nchw, cl = table[1:7], table[7:13]
-    reachable = set(PATHS)
-    for alone, (mine, other) in (("winograd_forward", (slice(0, 2), slice(2, 4))),
-                                 ("winograd_backward", (slice(2, 4), slice(0, 2)))):
-        if not any(t[mine][0] < t[other][0] or t[mine][1] < t[other][1] for t in (nchw, cl)):
-            reachable.discard(alone)
+    monkeypatch.setenv("FASTVAE_CONV_TABLE", table)
+    assert torch.ops.fastvae._deconv_block_conv_plan_class() == table
+    reachable = reachable_paths(torch.ops.fastvae._deconv_block_conv_plan_table())
     taken = set()
     for n, c, hw, fmt in itertools.product((1, 8, 64), (3, 64, 512), (1, 2, 4, 8, 16, 32, 64),
                                            (torch.contiguous_format, torch.channels_last)):
@@ -69,6 +87,46 @@ def test_auto_takes_every_path(monkeypatch):
         if hw == 1:
             assert plan(x, cout=c) == "gemm"  # a 1x1 input: one product
     assert taken == reachable
+
+
+def cpuinfo():
+    fields = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads /proc/cpuinfo")
+def test_the_cpu_class_picks_the_table(monkeypatch):
+    """Without FASTVAE_CONV_TABLE the rule reads its CPU class's table: blas_half_rate on AMD
+    from family 26 (Zen 5) with AVX-512, where oneDNN's convolutions run at about twice
+    MKL's sgemm, else blas_full_rate; read here from /proc/cpuinfo, apart from the cpuid the
+    extension reads."""
+    monkeypatch.delenv("FASTVAE_CONV_TABLE", raising=False)
+    info = cpuinfo()
+    half = (info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", 0)) >= 26
+            and "avx512f" in info.get("flags", "").split())
+    assert torch.ops.fastvae._deconv_block_conv_plan_class() == (
+        "blas_half_rate" if half else "blas_full_rate")
+
+
+def test_the_tables_differ_where_they_were_measured_to(monkeypatch):
+    """GN32 256->128@16 b8 with a channels_last x (tools/conv_paths.py, fwd+bwd): Winograd on
+    the family-25 EPYC (25.2 ms against oneDNN's 30.7), oneDNN's channels_last convolution on
+    the family-26 one (15.4 against Winograd's 21.1)."""
+    monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
+    x = torch.empty(8, 256, 16, 16, memory_format=torch.channels_last)
+    for table, path in (("blas_full_rate", "winograd"), ("blas_half_rate", "channels_last")):
+        monkeypatch.setenv("FASTVAE_CONV_TABLE", table)
+        assert plan(x, cout=128) == path
+
+
+def test_unknown_table_is_an_error(monkeypatch):
+    monkeypatch.setenv("FASTVAE_CONV_TABLE", "fastest")
+    with pytest.raises(RuntimeError, match="FASTVAE_CONV_TABLE"):
+        plan(torch.randn(2, 6, 5, 3))
 
 
 K3S2P1OP1 = [2, 2, 1, 1, 1, 1]
@@ -85,8 +143,9 @@ K3S2P1OP1 = [2, 2, 1, 1, 1, 1]
 def test_gemm_where_the_pixels_are_few_for_the_weight(n, cin, cout, hw, kernel, geometry, gemm,
                                                       monkeypatch):
     """auto's gemm rule (Cin >= Tg * N*H*W) on layers it was fitted to (tools/conv_paths.py;
-    fwd+bwd of the gemm path against the best other path on an AVX-512 EPYC)."""
+    fwd+bwd of the gemm path against the best other path on the family-25 AVX-512 EPYC)."""
     monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
+    monkeypatch.setenv("FASTVAE_CONV_TABLE", "blas_full_rate")
     x = torch.empty(n, cin, hw, hw)
     assert (plan(x, cout=cout, geometry=geometry, kernel=kernel) == "gemm") == gemm
 

@@ -7,16 +7,55 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cpu/conv_plan_table.h"
+#include "cpu/conv_plan_table_blas_full_rate.h"
+#include "cpu/conv_plan_table_blas_half_rate.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 namespace fastvae {
 namespace cpu {
 
 // gemm (csrc/cpu/conv_plan.h) for every 1x1 input, and where x has at least
-// plan_table::kGemmMinCinPerPixel input channels per pixel (N*H*W): oneDNN's cost on a
+// gemm_min_cin_per_pixel input channels per pixel (N*H*W): oneDNN's cost on a
 // small map is mostly its per-call work on the weight, so the matrix products win where the
 // pixels are few for the weight's size (pix2pix's 1024->512@4 b1: 2.5x), and lose where
 // they are not (DCGAN's 512->256@4 b16, 256 pixels: 0.8x). tools/conv_paths.py fits it.
+
+namespace {
+
+// AMD, family 26 (Zen 5) or later, with AVX-512: where MKL's AVX2 sgemm runs at half the
+// rate of oneDNN's convolutions (conv_plan_thresholds.h).
+bool blas_half_rate_cpu() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool amd = ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // AuthenticAMD
+  if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  const unsigned base = (eax >> 8) & 0xf;
+  const unsigned family = base == 0xf ? base + ((eax >> 20) & 0xff) : base;
+  __builtin_cpu_init();
+  return family >= 0x1a && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+const plan_table::Table& conv_plan_table() {
+  const char* forced = std::getenv("FASTVAE_CONV_TABLE");  // read per call: tests switch it
+  if (forced != nullptr && *forced != '\0' && std::strcmp(forced, "auto") != 0) {
+    for (const plan_table::Table* t : {&plan_table::kBlasFullRate, &plan_table::kBlasHalfRate}) {
+      if (std::strcmp(forced, t->name) == 0) return *t;
+    }
+    TORCH_CHECK(false, "FASTVAE_CONV_TABLE must be auto, blas_full_rate or blas_half_rate, got ",
+                forced);
+  }
+  static const bool half = blas_half_rate_cpu();
+  return half ? plan_table::kBlasHalfRate : plan_table::kBlasFullRate;
+}
 
 ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type) {
   const bool x_channels_last = !x.is_contiguous() &&
@@ -36,12 +75,12 @@ ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarTyp
                 "winograd_backward, channels_last or nchw, got ", forced);
     return {false};
   }
+  const plan_table::Table& table = conv_plan_table();
   const int64_t plane = x.size(2) * x.size(3), pixels = x.size(0) * plane;
-  if (plane == 1 || (pixels > 0 && x.size(1) / pixels >= plan_table::kGemmMinCinPerPixel)) {
+  if (plane == 1 || (pixels > 0 && x.size(1) / pixels >= table.gemm_min_cin_per_pixel)) {
     return {x_channels_last, false, false, true};
   }
-  const plan_table::Thresholds& t =
-      x_channels_last ? plan_table::kChannelsLastInput : plan_table::kNchwInput;
+  const plan_table::Thresholds& t = x_channels_last ? table.channels_last_input : table.nchw_input;
   const int64_t channels = std::min(x.size(1), cout);
   const int64_t per_cin = pixels / x.size(1);  // the pixels' share of one input channel
   const bool fwd = winograd_ok && per_cin >= t.forward_min_pixels_per_cin &&

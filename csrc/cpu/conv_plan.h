@@ -32,11 +32,14 @@
 // at least Tcm (oneDNN's channels_last kernels lose to its NCHW ones on small maps and on
 // an RGB layer's 3 channels, and win on large maps, by up to 2x at VanillaVAE's
 // 32->32@32 b64), else nchw. The thresholds, one set per layout of x (the copies are part of
-// the cost), are chosen by tools/conv_paths.py from measured layers;
-// csrc/cpu/conv_plan_table.h holds them with the measurements.
+// the cost), are chosen by tools/conv_paths.py from measured layers, one table per class of
+// CPU (conv_plan_thresholds.h says why); conv_plan_table_<class>.h holds each with its
+// measurements.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include "cpu/conv_plan_thresholds.h"
 
 namespace fastvae {
 namespace cpu {
@@ -57,6 +60,9 @@ struct ConvPlan {
 // The plan for x (N, Cin, H, W) and `cout` output channels of a block whose geometry is the
 // 4x4/2/1 one when `k4s2p1`; `conv_type` is the dtype the convolutions run in (float32 for
 // upcast bf16/fp16).
+// The table the rule reads: FASTVAE_CONV_TABLE's, else this CPU's class's.
+const plan_table::Table& conv_plan_table();
+
 ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type);
 
 }  // namespace cpu

@@ -11,7 +11,7 @@
 // is slow with 3 output channels), and fwd+bwd 1.1x-1.3x on DCGAN's 256->128@8 and
 // 128->64@16 at batch 64; with 512 input channels or few pixels the fixed costs (weight
 // transforms, one weight gradient a thread: O(Cin Cout)) lose. tools/conv_paths.py picks
-// where each direction runs it (csrc/cpu/conv_plan_table.h).
+// where each direction runs it, per class of CPU (csrc/cpu/conv_plan_thresholds.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
