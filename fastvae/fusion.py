@@ -148,7 +148,7 @@ class FusedSequential(nn.Sequential):
     CPU kernels: its input is made channels_last once, each run's output feeds the next in
     that layout, and the chain's output is put back in the layout eager's would have. The
     kernels convolve channels_last, so an NCHW model otherwise pays layout copies into and
-    out of every fused layer (csrc/cpu/conv_plan_table_blas_full_rate.h, each layer's best path from either
+    out of every fused layer (csrc/cpu/conv_plan_table_default.h, each layer's best path from either
     layout: channels_last at most 10% slower on small maps, DCGAN's 512->256@4 b16, and up
     to 1.6x faster on maps of 32x32 and more)."""
 

@@ -55,7 +55,7 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
 
 def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output", floor=0.0):
     """`out` against the reference; an error of at most `floor` always passes (the rounding
-    a zero gradient has: see bias_grad_rounding).
+    a gradient has where a norm's backward cancels: see norm_grad_rounding).
 
     float32/float64: torch.testing.assert_close with TOLERANCES. float16/bfloat16: the
     kernel's max error against the higher-precision reference is at most twice a correct
@@ -97,37 +97,56 @@ def assert_close_to_reference(out, ref_low, ref_high, dtype, name="output", floo
     assert torch.isfinite(out).all() == torch.isfinite(ref_high).all(), f"{name}: non-finite mismatch"
 
 
-def bias_grad_rounding(x, weight, bias, geometry, grad_y, **block):
-    """An absolute bound on the float32 rounding of a conv bias's gradient in a block whose
-    norm makes it zero: the float32 unit roundoff times 8 times the largest per-channel sum
-    of |gradient of the pre-norm|, the terms it adds up (torch's own error reached 2.8x of
-    the unit roundoff times that sum in 720 draws), or of the norm backward's terms before
-    they cancel (_norm_backward_terms_rounding), whichever is larger. The sums come from float64: the block's
-    epilogue (`block`: deconv_block's norm, affine and activation keywords) applied to the
-    pre-norm through an identity 1x1 convolution. geometry: [sh, sw, ph, pw, oh, ow]."""
-    pre = conv_transpose(*(t.detach().double() for t in (x, weight, bias)),
-                         geometry).requires_grad_()
+def norm_grad_rounding(x, weight, bias, geometry, grad_y, **block):
+    """Absolute bounds on the float32 rounding of a normalized block's gradients, where the
+    norm's backward cancels: {"grad_bias": ..., "grad_x": ..., "grad_weight": ...}.
+
+    The gradient of the pre-norm, grad_pre, is a difference of terms that cancel (its
+    per-channel sum, the bias's gradient, is zero), rstd (g_n - mean g_n - n mean(g_n n)) with
+    g_n the gradient of the normalized n. Its float32 rounding is of the order of the unit
+    roundoff u times the terms' magnitude, however the sums are ordered, and the forward's
+    rounding of n (u times kappa = rstd (|conv terms| + |mean|), large where a statistic's
+    spread is small against its values: a bias, 16 values a plane) comes through them too:
+    e = |grad_pre| + (1 + kappa) rstd (|g_n| + |mean g_n| + |n mean(g_n n)| + |grad_y|)
+    (_norm_backward_terms; |grad_y| for the activation's second derivative). The bounds are
+    8 u times the largest per-channel sum of e (grad_bias) and the largest element of e
+    carried through the convolution's backward in absolute values (|W|^T e for grad_x,
+    |x| * e for grad_weight). Measured in CI (2026-12-05): the gemm path's InstanceNorm + SiLU
+    grad_bias 8.96 u times the |grad_pre| sum; on its 4x4 planes a grad_x 1.5x twice torch's
+    own RMS error (one draw; 1 run in 150 of the float32 cases). The sums come from float64:
+    the block's epilogue (`block`: deconv_block's norm, affine and activation keywords)
+    applied to the pre-norm through an identity 1x1 convolution.
+    geometry: [sh, sw, ph, pw, oh, ow]."""
+    x, weight, bias = (t.detach().double() for t in (x, weight, bias))
+    pre = conv_transpose(x, weight, bias, geometry).requires_grad_()
     eye = torch.eye(pre.shape[1], dtype=torch.float64)[:, :, None, None]
     block = {k: v.detach().double().clone() if isinstance(v, torch.Tensor) else v
              for k, v in block.items()}
     y = fastvae.deconv_block(pre, eye, None, stride=1, padding=0, output_padding=0,
                              backend="reference", **block)
     grad_pre, = torch.autograd.grad(y, pre, grad_y.double())
-    bound = 8 * 2**-24 * grad_pre.abs().sum((0, 2, 3)).max().item()
-    return max(bound, _norm_backward_terms_rounding(pre.detach(), grad_y.double(), block))
+    magnitude = conv_transpose(x.abs(), weight.abs(), bias.abs(), geometry)  # pre's terms
+    e = grad_pre.abs() + _norm_backward_terms(pre.detach(), magnitude, grad_y.double(), block)
+    u8 = 8 * 2**-24
+    xa, wa = x.abs().requires_grad_(), weight.abs().requires_grad_()
+    through_x, through_w = torch.autograd.grad(conv_transpose(xa, wa, None, geometry), (xa, wa), e)
+    return {"grad_bias": u8 * e.sum((0, 2, 3)).max().item(),
+            "grad_x": u8 * through_x.max().item(), "grad_weight": u8 * through_w.max().item()}
 
 
-def _norm_backward_terms_rounding(pre, grad_y, block):
-    """8 u times the largest per-channel sum of the terms a norm's backward adds before they
-    cancel, rstd (|g_n| + |mean(g_n)| + |n mean(g_n n)|) with g_n the gradient of the
-    normalized n: the native kernels sum grad_bias from those sums, and where they cancel
-    the |grad_pre_norm| bound above is too small (the gemm path's InstanceNorm + SiLU
-    grad_bias read 8.96 u times that sum in CI, 2026-12-05; 16 u still failed 1 run in 60).
-    0 for a block without batch statistics to normalize by. Statistics and grouping are the
-    reference's own (fastvae/reference.py)."""
+def bias_grad_rounding(x, weight, bias, geometry, grad_y, **block):
+    """norm_grad_rounding's bound for grad_bias alone."""
+    return norm_grad_rounding(x, weight, bias, geometry, grad_y, **block)["grad_bias"]
+
+
+def _norm_backward_terms(pre, magnitude, grad_y, block):
+    """Per element of the pre-norm, (1 + kappa) rstd (|g_n| + |mean(g_n)| + |n mean(g_n n)| +
+    |grad_y|), kappa = rstd (magnitude + |mean|) at its largest over the statistic
+    (norm_grad_rounding); zeros for a block without batch statistics to normalize by.
+    Statistics and grouping are the reference's own (fastvae/reference.py)."""
     norm = block.get("norm", "group")
     if norm not in ("group", "instance", "batch") or block.get("training") is False:
-        return 0.0
+        return torch.zeros_like(pre)
     c = pre.shape[1]
     groups = {"batch": BATCH, "instance": c}.get(norm, block.get("num_groups", 32))
     mean, rstd = group_stats(pre, groups, block.get("eps", 1e-5))
@@ -140,9 +159,12 @@ def _norm_backward_terms_rounding(pre, grad_y, block):
                              norm="none", backend="reference", **rest)
     g_n, = torch.autograd.grad(y, n, grad_y)
     gn, nn_ = _grouped(g_n, groups), _grouped(n.detach(), groups)
-    terms = rstd[..., None] * (gn.abs() + gn.mean(-1, keepdim=True).abs()
-                               + (nn_ * (gn * nn_).mean(-1, keepdim=True)).abs())
-    return 8 * 2**-24 * _ungrouped(terms, groups, pre.shape).sum((0, 2, 3)).max().item()
+    kappa = rstd[..., None] * (_grouped(magnitude, groups).amax(-1, keepdim=True)
+                               + mean[..., None].abs())
+    terms = (1 + kappa) * rstd[..., None] * (
+        gn.abs() + gn.mean(-1, keepdim=True).abs()
+        + (nn_ * (gn * nn_).mean(-1, keepdim=True)).abs() + _grouped(grad_y, groups).abs())
+    return _ungrouped(terms, groups, pre.shape)
 
 
 @pytest.fixture(params=supported_cpu_capabilities() or ["default"])

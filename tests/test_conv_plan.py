@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastvae
-from conftest import assert_close_to_reference, backend_params, bias_grad_rounding
+from conftest import assert_close_to_reference, backend_params, norm_grad_rounding
 from fastvae.reference import K4S2P1
 
 pytestmark = [*(p.marks[0] for p in backend_params("deconv_block") if p.id == "native"),
@@ -48,7 +48,7 @@ def test_unknown_forced_path_is_an_error(monkeypatch):
         plan(torch.randn(2, 6, 5, 3))
 
 
-TABLES = ("blas_full_rate", "blas_half_rate")  # csrc/cpu/conv_plan_thresholds.h
+TABLES = ("default", "amd_zen5")  # csrc/cpu/conv_plan_thresholds.h
 NEVER = 2**40  # tools/conv_paths.py's threshold no layer reaches
 
 
@@ -100,27 +100,26 @@ def cpuinfo():
 
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads /proc/cpuinfo")
 def test_the_cpu_class_picks_the_table(monkeypatch):
-    """Without FASTVAE_CONV_TABLE the rule reads its CPU class's table: blas_half_rate on AMD
-    from family 26 (Zen 5) with AVX-512, where oneDNN's convolutions run at about twice
-    MKL's sgemm, else blas_full_rate; read here from /proc/cpuinfo, apart from the cpuid the
-    extension reads."""
+    """Without FASTVAE_CONV_TABLE the rule reads its CPU class's table: amd_zen5 on AMD from
+    family 26 (Zen 5) with AVX-512, else default (csrc/cpu/conv_plan_thresholds.h); read here
+    from /proc/cpuinfo, apart from the cpuid the extension reads."""
     monkeypatch.delenv("FASTVAE_CONV_TABLE", raising=False)
     info = cpuinfo()
-    half = (info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", 0)) >= 26
+    zen5 = (info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", 0)) >= 26
             and "avx512f" in info.get("flags", "").split())
-    assert torch.ops.fastvae._deconv_block_conv_plan_class() == (
-        "blas_half_rate" if half else "blas_full_rate")
+    assert torch.ops.fastvae._deconv_block_conv_plan_class() == ("amd_zen5" if zen5 else "default")
 
 
 def test_the_tables_differ_where_they_were_measured_to(monkeypatch):
-    """GN32 256->128@16 b8 with a channels_last x (tools/conv_paths.py, fwd+bwd): Winograd on
-    the family-25 EPYC (25.2 ms against oneDNN's 30.7), oneDNN's channels_last convolution on
-    the family-26 one (15.4 against Winograd's 21.1)."""
+    """DCGAN 512->256@4 b16 with a channels_last x (tools/conv_paths.py, fwd+bwd, norm none):
+    Winograd on the family-25 EPYC (20.55 ms, oneDNN's NCHW convolution 20.37: a tie the fit
+    resolved by its other layers), oneDNN's NCHW convolution on the family-26 one (12.24
+    against Winograd's 14.53)."""
     monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
-    x = torch.empty(8, 256, 16, 16, memory_format=torch.channels_last)
-    for table, path in (("blas_full_rate", "winograd"), ("blas_half_rate", "channels_last")):
+    x = torch.empty(16, 512, 4, 4, memory_format=torch.channels_last)
+    for table, path in (("default", "winograd"), ("amd_zen5", "nchw")):
         monkeypatch.setenv("FASTVAE_CONV_TABLE", table)
-        assert plan(x, cout=128) == path
+        assert plan(x, cout=256) == path
 
 
 def test_unknown_table_is_an_error(monkeypatch):
@@ -145,7 +144,7 @@ def test_gemm_where_the_pixels_are_few_for_the_weight(n, cin, cout, hw, kernel, 
     """auto's gemm rule (Cin >= Tg * N*H*W) on layers it was fitted to (tools/conv_paths.py;
     fwd+bwd of the gemm path against the best other path on the family-25 AVX-512 EPYC)."""
     monkeypatch.delenv("FASTVAE_CONV_PATH", raising=False)
-    monkeypatch.setenv("FASTVAE_CONV_TABLE", "blas_full_rate")
+    monkeypatch.setenv("FASTVAE_CONV_TABLE", "default")
     x = torch.empty(n, cin, hw, hw)
     assert (plan(x, cout=cout, geometry=geometry, kernel=kernel) == "gemm") == gemm
 
@@ -214,9 +213,9 @@ def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layo
     assert grad_weight.stride() == weight.stride()
     if weight_layout == "channels_last" and kernel > 1:
         assert y.is_contiguous(memory_format=torch.channels_last)
-    floor = 0.0 if norm == "none" else bias_grad_rounding(  # grad_bias: zero up to rounding
+    floors = {} if norm == "none" else norm_grad_rounding(  # where the norm's backward cancels
         x, weight, bias, geometry, grad_y, norm=norm, num_groups=4, activation="silu")
     for name, got, low, high in zip(("y", "grad_x", "grad_weight", "grad_bias"),
                                     outs["native", dtype], outs["reference", dtype],
                                     outs["reference", torch.float64]):
-        assert_close_to_reference(got, low, high, dtype, name, floor if name == "grad_bias" else 0.0)
+        assert_close_to_reference(got, low, high, dtype, name, floors.get(name, 0.0))

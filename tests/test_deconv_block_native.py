@@ -121,6 +121,7 @@ def test_odd_shapes(n, cin, cout, h, w, groups, layout):
     (2, 2, 3, 1, 1),     # one pixel: every tile but one output is past the edge
     (3, 5, 64, 7, 9),    # Cout 64: the forward's tiles per phase, odd sizes past the edge
     (5, 3, 66, 12, 10),  # 150 tiles a phase: forward tasks across samples
+    (2, 27, 70, 5, 7),   # small_gemm: 12-row blocks, a 3-row rest, masked columns in each product
 ])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -54,7 +54,7 @@ NOISE = 0.03  # slower than eager's convolution by less than this is a tie (inte
 
 
 def table_path(name):
-    """The generated header of the table class `name` (blas_full_rate, blas_half_rate)."""
+    """The generated header of the table class `name` (default, amd_zen5)."""
     return ROOT / "csrc" / "cpu" / f"conv_plan_table_{name}.h"
 
 

@@ -7,8 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cpu/conv_plan_table_blas_full_rate.h"
-#include "cpu/conv_plan_table_blas_half_rate.h"
+#include "cpu/conv_plan_table_default.h"
+#include "cpu/conv_plan_table_amd_zen5.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -25,9 +25,8 @@ namespace cpu {
 
 namespace {
 
-// AMD, family 26 (Zen 5) or later, with AVX-512: where MKL's AVX2 sgemm runs at half the
-// rate of oneDNN's convolutions (conv_plan_thresholds.h).
-bool blas_half_rate_cpu() {
+// AMD, family 26 (Zen 5) or later, with AVX-512 (conv_plan_thresholds.h).
+bool amd_zen5_or_later() {
 #if defined(__x86_64__) || defined(__i386__)
   unsigned eax, ebx, ecx, edx;
   if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
@@ -47,14 +46,14 @@ bool blas_half_rate_cpu() {
 const plan_table::Table& conv_plan_table() {
   const char* forced = std::getenv("FASTVAE_CONV_TABLE");  // read per call: tests switch it
   if (forced != nullptr && *forced != '\0' && std::strcmp(forced, "auto") != 0) {
-    for (const plan_table::Table* t : {&plan_table::kBlasFullRate, &plan_table::kBlasHalfRate}) {
+    for (const plan_table::Table* t : {&plan_table::kDefault, &plan_table::kAmdZen5}) {
       if (std::strcmp(forced, t->name) == 0) return *t;
     }
-    TORCH_CHECK(false, "FASTVAE_CONV_TABLE must be auto, blas_full_rate or blas_half_rate, got ",
+    TORCH_CHECK(false, "FASTVAE_CONV_TABLE must be auto, default or amd_zen5, got ",
                 forced);
   }
-  static const bool half = blas_half_rate_cpu();
-  return half ? plan_table::kBlasHalfRate : plan_table::kBlasFullRate;
+  static const bool zen5 = amd_zen5_or_later();
+  return zen5 ? plan_table::kAmdZen5 : plan_table::kDefault;
 }
 
 ConvPlan plan_conv(const at::Tensor& x, int64_t cout, bool k4s2p1, at::ScalarType conv_type) {

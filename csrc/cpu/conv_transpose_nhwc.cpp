@@ -32,6 +32,7 @@
 #include "cpu/conv_transpose_nhwc.h"
 #include "cpu/huge_page_empty.h"
 #include "cpu/layout.h"
+#include "cpu/small_gemm.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -66,11 +67,31 @@ constexpr int64_t kTaskTiles = 128;   // tiles per shared-tile backward task, ab
 constexpr int64_t kForwardTiles = 128;
 constexpr int64_t kPhasedMinChannels = 64;
 
-// Row-major C (m x n, ldc) = op(A) op(B) + beta C, op(X) = X or X^T as stored. Column-major
-// BLAS sees C^T = op(B)^T op(A)^T.
+// Whether float32 products run in small_gemm (cpu/small_gemm.h: the AVX-512 build) rather
+// than the BLAS. It reads B by rows, so the backward's grad_x products take U^T, transposed
+// once a call, where the BLAS reads U transposed in place.
+template <typename T>
+constexpr bool own_gemm() {
+#if defined(CPU_CAPABILITY_AVX512)
+  return std::is_same_v<T, float>;
+#else
+  return false;
+#endif
+}
+
+// Row-major C (m x n, ldc) = op(A) op(B) + beta C (beta 0 or 1), op(X) = X or X^T as stored.
+// Column-major BLAS sees C^T = op(B)^T op(A)^T.
 template <typename T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (own_gemm<T>()) {
+    if (!tb) {
+      small_gemm(m, n, k, a, ta ? 1 : lda, ta ? lda : 1, b, ldb, c, ldc, beta != T(0));
+      return;
+    }
+  }
+#endif
   const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
   const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
   const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
@@ -510,7 +531,7 @@ struct SlicedGradU {
 
 template <typename T>
 void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
-              at::Tensor& grad_x, at::Tensor& grad_u) {
+              const T* ut, at::Tensor& grad_x, at::Tensor& grad_u) {
   const int64_t ci = x.size(1), co = gout.size(1), nu = kPoints * ci * 4 * co;
   const Tiles g = Tiles::shared(x);
   const T* gp = gout.data_ptr<T>();
@@ -541,8 +562,9 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
                        zeros.data(), gm.data());
         for (int64_t p = 0; p < kPoints; ++p) {
           const T* gmp = gm.data() + p * tiles * 4 * co;
-          gemm<T>(false, true, tiles, ci, 4 * co, gmp, 4 * co, up + p * ci * 4 * co, 4 * co,
-                  T(0), gv.data() + p * tiles * ci, ci);
+          gemm<T>(false, !ut, tiles, ci, 4 * co, gmp, 4 * co,
+                  ut ? ut + p * 4 * co * ci : up + p * ci * 4 * co, ut ? ci : 4 * co, T(0),
+                  gv.data() + p * tiles * ci, ci);
           gemm<T>(true, false, ci, 4 * co, tiles, v.data() + p * tiles * ci, ci, gmp, 4 * co,
                   beta, gu + p * ci * 4 * co, 4 * co);
         }
@@ -575,7 +597,7 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
 // across samples); then per phase, grad_U's columns of the phase += V^T Gm.
 template <typename T>
 void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
-                     at::Tensor& grad_x, at::Tensor& grad_u) {
+                     const T* ut, at::Tensor& grad_x, at::Tensor& grad_u) {
   const int64_t ci = x.size(1), co = gout.size(1), nu = kPoints * ci * 4 * co;
   const Tiles g = Tiles::per_phase(x);
   const Tasks tasks(g);
@@ -598,9 +620,10 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
         const int64_t tiles = last - first;
         gradient_transform(gp, g, co, first, last, zeros.data(), vg.data());
         for (int64_t p = 0; p < kPoints; ++p) {
-          gemm<T>(false, true, tiles, ci, 4 * co, vg.data() + p * tiles * 4 * co, 4 * co,
-                  up + (kPoints - 1 - p) * ci * 4 * co, 4 * co, T(0),
-                  mx.data() + p * tiles * ci, ci);
+          const int64_t flipped = kPoints - 1 - p;
+          gemm<T>(false, !ut, tiles, ci, 4 * co, vg.data() + p * tiles * 4 * co, 4 * co,
+                  ut ? ut + flipped * 4 * co * ci : up + flipped * ci * 4 * co,
+                  ut ? ci : 4 * co, T(0), mx.data() + p * tiles * ci, ci);
         }
         gradient_output(mx.data(), g, ci, first, last, zeros.data(), sink.data(), gxp);
         for (int64_t phase = 0; phase < 4; ++phase) {
@@ -666,10 +689,17 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
                           : at::empty({ci, co, 4, 4}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_backward", [&] {
     transform_weight(weight, u.data_ptr<scalar_t>());
+    at::Tensor ut;  // U^T for own_gemm (see there)
+    if constexpr (own_gemm<scalar_t>()) {
+      ut = empty_huge({kPoints, 4 * co, ci}, weight.scalar_type());
+      layout_detail::transpose(u.data_ptr<scalar_t>(), ut.data_ptr<scalar_t>(), kPoints, ci,
+                               4 * co, true);
+    }
+    const scalar_t* utp = ut.defined() ? ut.data_ptr<scalar_t>() : nullptr;
     if (phase_tiles(co)) {
-      backward_phased<scalar_t>(g, x, u, grad_x, grad_u);
+      backward_phased<scalar_t>(g, x, u, utp, grad_x, grad_u);
     } else {
-      backward<scalar_t>(g, x, u, grad_x, grad_u);
+      backward<scalar_t>(g, x, u, utp, grad_x, grad_u);
     }
     untransform_weight(grad_u.data_ptr<scalar_t>(), grad_w);
   });

@@ -1,5 +1,6 @@
 // deconv_block's transposed convolution (4x4, stride 2, padding 1) on channels_last
-// float32/float64 tensors, forward and backward, by Winograd's F(2x2, 2x2) with BLAS GEMMs.
+// float32/float64 tensors, forward and backward, by Winograd's F(2x2, 2x2): its products in
+// cpu/small_gemm.h (float32, AVX-512 build) or the BLAS.
 //
 // oneDNN's backward of this convolution runs at 90-125 GFLOP/s on the 64->32 decoder shape
 // here (its weight gradient at about a third of the GEMM rate) and a direct GEMM scheme
