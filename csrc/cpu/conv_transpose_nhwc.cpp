@@ -39,6 +39,7 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <vector>
 
 // The Fortran BLAS that torch links (MKL in its x86 wheels), LP64. Weak, so that a torch
@@ -251,6 +252,28 @@ struct Tasks {
   }
   int64_t first(int64_t task) const { return all * task / count; }
   int64_t most() const { return (all + count - 1) / count; }  // tiles in a task, at most
+};
+
+// Each slice's (thread's) scratch for its tasks' transforms and products: parts of the
+// given sizes, carved from one uninitialized block of empty_huge, which keeps large blocks
+// for the next call. std::vectors a call were zero-filled (5 MB a thread in a 256->128@16
+// backward) and, past malloc's mmap threshold, fresh pages.
+template <typename T>
+class SliceScratch {
+ public:
+  SliceScratch(int64_t slices, std::initializer_list<int64_t> sizes)
+      : offsets_(sizes.size() + 1, 0) {
+    int64_t i = 0;
+    for (int64_t size : sizes) offsets_[i + 1] = offsets_[i] + size, ++i;
+    block_ = empty_huge({slices * offsets_.back()}, c10::CppTypeToScalarType<T>::value);
+  }
+  T* part(int64_t slice, int64_t index) {
+    return block_.data_ptr<T>() + slice * offsets_.back() + offsets_[index];
+  }
+
+ private:
+  std::vector<int64_t> offsets_;
+  at::Tensor block_;
 };
 
 // B along x then y of one 3x3 patch (d[a][b]: n values each) into out[(a * 3 + b) * stride].
@@ -479,22 +502,29 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
   const T* up = u.data_ptr<T>();
   T* yp = y.data_ptr<T>();
   const std::vector<T> zeros(ci, T(0));
-  at::parallel_for(0, tasks.count, 1, [&](int64_t begin, int64_t end) {
-    const int64_t most = tasks.most();
-    std::vector<T> v(kPoints * most * ci), m(kPoints * most * cols), sink(co);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t first = tasks.first(task), last = tasks.first(task + 1);
-      const int64_t tiles = last - first;
-      for (int64_t group = 0; group < groups; ++group) {  // shared: all phases; else phase
-        const int64_t py = shared ? 0 : group / 2, px = shared ? 0 : group % 2;
-        input_transform(xp, g, ci, first, last, py, px, zeros.data(), v.data());
-        for (int64_t p = 0; p < kPoints; ++p) {  // U's columns of the group's phases
-          gemm<T>(false, false, tiles, cols, ci, v.data() + p * tiles * ci, ci,
-                  up + p * ci * 4 * co + group * co, 4 * co, T(0),
-                  m.data() + p * tiles * cols, cols);
+  const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks.count);
+  const int64_t most = tasks.most();
+  SliceScratch<T> scratch(slices, {kPoints * most * ci, kPoints * most * cols, co});
+  at::parallel_for(0, slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
+    for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+      T* v = scratch.part(slice, 0);
+      T* m = scratch.part(slice, 1);
+      T* sink = scratch.part(slice, 2);
+      for (int64_t task = tasks.count * slice / slices;
+           task < tasks.count * (slice + 1) / slices; ++task) {
+        const int64_t first = tasks.first(task), last = tasks.first(task + 1);
+        const int64_t tiles = last - first;
+        for (int64_t group = 0; group < groups; ++group) {  // shared: all phases; else phase
+          const int64_t py = shared ? 0 : group / 2, px = shared ? 0 : group % 2;
+          input_transform(xp, g, ci, first, last, py, px, zeros.data(), v);
+          for (int64_t p = 0; p < kPoints; ++p) {  // U's columns of the group's phases
+            gemm<T>(false, false, tiles, cols, ci, v + p * tiles * ci, ci,
+                    up + p * ci * 4 * co + group * co, 4 * co, T(0), m + p * tiles * cols,
+                    cols);
+          }
+          output_transform(m, g, co, first, last, shared ? 0 : group, shared ? 4 : group + 1,
+                           shared, bias, sink, yp);
         }
-        output_transform(m.data(), g, co, first, last, shared ? 0 : group,
-                         shared ? 4 : group + 1, shared, bias, sink.data(), yp);
       }
     }
   });
@@ -545,11 +575,15 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
   std::vector<T> halo(g.tasks() * row);
   const int64_t tasks = g.tasks();
   SlicedGradU<T> sliced(tasks, nu, grad_u);
+  const int64_t most = g.max_tiles(), acc_size = (2 * g.rows + 1) * cols * ci;
+  SliceScratch<T> scratch(sliced.slices, {kPoints * most * ci, kPoints * most * ci,
+                                          kPoints * most * 4 * co, acc_size});
   at::parallel_for(0, sliced.slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
-    const int64_t most = g.max_tiles();
-    std::vector<T> v(kPoints * most * ci), gv(kPoints * most * ci), gm(kPoints * most * 4 * co);
-    std::vector<T> acc((2 * g.rows + 1) * cols * ci);
     for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+      T* v = scratch.part(slice, 0);
+      T* gv = scratch.part(slice, 1);
+      T* gm = scratch.part(slice, 2);
+      T* acc = scratch.part(slice, 3);
       T* gu = sliced.of(slice);
       const int64_t first = sliced.first(slice);
       for (int64_t task = first; task < sliced.first(slice + 1); ++task) {
@@ -557,24 +591,24 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
         const int64_t s = task / g.blocks, t0 = g.first_row(task), t1 = g.end_row(task);
         const int64_t tiles = (t1 - t0) * g.tx;
         input_transform(xp, g, ci, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 0,
-                        zeros.data(), v.data());
+                        zeros.data(), v);
         output_adjoint(gp, g, co, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 4, true,
-                       zeros.data(), gm.data());
+                       zeros.data(), gm);
         for (int64_t p = 0; p < kPoints; ++p) {
-          const T* gmp = gm.data() + p * tiles * 4 * co;
+          const T* gmp = gm + p * tiles * 4 * co;
           gemm<T>(false, !ut, tiles, ci, 4 * co, gmp, 4 * co,
                   ut ? ut + p * 4 * co * ci : up + p * ci * 4 * co, ut ? ci : 4 * co, T(0),
-                  gv.data() + p * tiles * ci, ci);
-          gemm<T>(true, false, ci, 4 * co, tiles, v.data() + p * tiles * ci, ci, gmp, 4 * co,
-                  beta, gu + p * ci * 4 * co, 4 * co);
+                  gv + p * tiles * ci, ci);
+          gemm<T>(true, false, ci, 4 * co, tiles, v + p * tiles * ci, ci, gmp, 4 * co, beta,
+                  gu + p * ci * 4 * co, 4 * co);
         }
-        std::fill(acc.begin(), acc.end(), T(0));
-        input_adjoint(gv.data(), g, ci, t0, t1, acc.data());
+        std::fill(acc, acc + acc_size, T(0));
+        input_adjoint(gv, g, ci, t0, t1, acc);
         // acc row r is input row 2 t0 - 1 + r; column c + 1 is input column c
         for (int64_t r = 0; r < 2 * (t1 - t0) + 1; ++r) {
           const int64_t iy = 2 * t0 - 1 + r;
           if (iy < 0 || iy >= g.h) continue;
-          const T* src = acc.data() + (r * cols + 1) * ci;
+          const T* src = acc + (r * cols + 1) * ci;
           T* dst = r == 0 ? halo.data() + task * row : gxp + (s * g.h + iy) * row;
           std::copy(src, src + row, dst);
         }
@@ -607,33 +641,36 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
   T* gxp = grad_x.data_ptr<T>();
   const std::vector<T> zeros(std::max(ci, co), T(0));
   SlicedGradU<T> sliced(tasks.count, nu, grad_u);  // as in backward()
+  const int64_t most = tasks.most();
+  SliceScratch<T> scratch(sliced.slices, {kPoints * most * 4 * co, kPoints * most * ci,
+                                          kPoints * most * ci, kPoints * most * co, ci});
   at::parallel_for(0, sliced.slices, 1, [&](int64_t slice_begin, int64_t slice_end) {
-    const int64_t most = tasks.most();
-    std::vector<T> vg(kPoints * most * 4 * co), mx(kPoints * most * ci);
-    std::vector<T> v(kPoints * most * ci), gm(kPoints * most * co), sink(ci);
     for (int64_t slice = slice_begin; slice < slice_end; ++slice) {
+      T* vg = scratch.part(slice, 0);
+      T* mx = scratch.part(slice, 1);
+      T* v = scratch.part(slice, 2);
+      T* gm = scratch.part(slice, 3);
+      T* sink = scratch.part(slice, 4);
       T* gu = sliced.of(slice);
       const int64_t first_task = sliced.first(slice);
       for (int64_t task = first_task; task < sliced.first(slice + 1); ++task) {
         const T beta = task == first_task ? T(0) : T(1);
         const int64_t first = tasks.first(task), last = tasks.first(task + 1);
         const int64_t tiles = last - first;
-        gradient_transform(gp, g, co, first, last, zeros.data(), vg.data());
+        gradient_transform(gp, g, co, first, last, zeros.data(), vg);
         for (int64_t p = 0; p < kPoints; ++p) {
           const int64_t flipped = kPoints - 1 - p;
-          gemm<T>(false, !ut, tiles, ci, 4 * co, vg.data() + p * tiles * 4 * co, 4 * co,
+          gemm<T>(false, !ut, tiles, ci, 4 * co, vg + p * tiles * 4 * co, 4 * co,
                   ut ? ut + flipped * 4 * co * ci : up + flipped * ci * 4 * co,
-                  ut ? ci : 4 * co, T(0), mx.data() + p * tiles * ci, ci);
+                  ut ? ci : 4 * co, T(0), mx + p * tiles * ci, ci);
         }
-        gradient_output(mx.data(), g, ci, first, last, zeros.data(), sink.data(), gxp);
+        gradient_output(mx, g, ci, first, last, zeros.data(), sink, gxp);
         for (int64_t phase = 0; phase < 4; ++phase) {
-          input_transform(xp, g, ci, first, last, phase / 2, phase % 2, zeros.data(), v.data());
-          output_adjoint(gp, g, co, first, last, phase, phase + 1, false, zeros.data(),
-                         gm.data());
+          input_transform(xp, g, ci, first, last, phase / 2, phase % 2, zeros.data(), v);
+          output_adjoint(gp, g, co, first, last, phase, phase + 1, false, zeros.data(), gm);
           for (int64_t p = 0; p < kPoints; ++p) {
-            gemm<T>(true, false, ci, co, tiles, v.data() + p * tiles * ci, ci,
-                    gm.data() + p * tiles * co, co, beta, gu + p * ci * 4 * co + phase * co,
-                    4 * co);
+            gemm<T>(true, false, ci, co, tiles, v + p * tiles * ci, ci, gm + p * tiles * co, co,
+                    beta, gu + p * ci * 4 * co + phase * co, 4 * co);
           }
         }
       }
