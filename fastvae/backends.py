@@ -162,10 +162,12 @@ def cpu_description() -> str:
         capability = cpu_capability()
     except RuntimeError as e:  # a FASTVAE_CPU_CAPABILITY this CPU cannot run
         capability = f"invalid ({e})"
-    if capability and not capability.startswith("invalid"):
-        try:  # the table of deconv_block's conv path rule (csrc/cpu/conv_plan_thresholds.h)
-            capability += f", conv path table {torch.ops.fastvae._deconv_block_conv_plan_class()}"
-        except RuntimeError as e:  # a FASTVAE_CONV_TABLE that names no table
-            capability += f", conv path table invalid ({e})"
+    else:
+        if capability:  # the table of deconv_block's conv path rule (conv_plan_thresholds.h)
+            try:
+                table = torch.ops.fastvae._deconv_block_conv_plan_class()
+                capability += f", conv path table {table}"
+            except RuntimeError as e:  # a FASTVAE_CONV_TABLE that names no table
+                capability += f", conv path table invalid ({e})"
     return (f"{model}, {os.cpu_count()} CPUs, {has}; native CPU kernels: {capability or 'not built'}; "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")

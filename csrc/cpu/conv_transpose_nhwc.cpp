@@ -104,6 +104,19 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
   }
 }
 
+// C (m x ci, ldc) = A (m x 4 co, lda) times point `point`'s U^T: grad_x's products. With
+// own_gemm, `ut` is U^T (9, 4 co, ci), read by rows; else null, and the BLAS reads U itself
+// transposed.
+template <typename T>
+void gemm_u_transposed(int64_t m, int64_t ci, int64_t co, const T* a, int64_t lda, const T* u,
+                       const T* ut, int64_t point, T* c, int64_t ldc) {
+  if (ut != nullptr) {
+    gemm<T>(false, false, m, ci, 4 * co, a, lda, ut + point * 4 * co * ci, ci, T(0), c, ldc);
+  } else {
+    gemm<T>(false, true, m, ci, 4 * co, a, lda, u + point * ci * 4 * co, 4 * co, T(0), c, ldc);
+  }
+}
+
 // Where U (9, ci, 4 co) holds the transformed tap (a = py * 3 + xy, b = px * 3 + xx) of
 // channels (i, o): U[xy * 3 + xx][i][(py * 2 + px) * co + o].
 inline int64_t u_offset(int64_t a, int64_t b, int64_t i, int64_t o, int64_t ci, int64_t co) {
@@ -596,9 +609,7 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
                        zeros.data(), gm);
         for (int64_t p = 0; p < kPoints; ++p) {
           const T* gmp = gm + p * tiles * 4 * co;
-          gemm<T>(false, !ut, tiles, ci, 4 * co, gmp, 4 * co,
-                  ut ? ut + p * 4 * co * ci : up + p * ci * 4 * co, ut ? ci : 4 * co, T(0),
-                  gv + p * tiles * ci, ci);
+          gemm_u_transposed(tiles, ci, co, gmp, 4 * co, up, ut, p, gv + p * tiles * ci, ci);
           gemm<T>(true, false, ci, 4 * co, tiles, v + p * tiles * ci, ci, gmp, 4 * co, beta,
                   gu + p * ci * 4 * co, 4 * co);
         }
@@ -659,10 +670,8 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
         const int64_t tiles = last - first;
         gradient_transform(gp, g, co, first, last, zeros.data(), vg);
         for (int64_t p = 0; p < kPoints; ++p) {
-          const int64_t flipped = kPoints - 1 - p;
-          gemm<T>(false, !ut, tiles, ci, 4 * co, vg + p * tiles * 4 * co, 4 * co,
-                  ut ? ut + flipped * 4 * co * ci : up + flipped * ci * 4 * co,
-                  ut ? ci : 4 * co, T(0), mx + p * tiles * ci, ci);
+          gemm_u_transposed(tiles, ci, co, vg + p * tiles * 4 * co, 4 * co, up, ut,
+                            kPoints - 1 - p, mx + p * tiles * ci, ci);
         }
         gradient_output(mx, g, ci, first, last, zeros.data(), sink, gxp);
         for (int64_t phase = 0; phase < 4; ++phase) {

@@ -95,8 +95,7 @@ void row_block(int64_t n, int64_t k_size, const float* a, int64_t sa_row, int64_
     tile<rows, 2>(k_size, ap, b + j, ldb, c + j, ldc, accumulate,
                   __mmask16((1u << (left - 16)) - 1));
   } else if (left > 0) {
-    tile<rows, 1>(k_size, ap, b + j, ldb, c + j, ldc, accumulate,
-                  __mmask16(left == 16 ? 0xffff : (1u << left) - 1));
+    tile<rows, 1>(k_size, ap, b + j, ldb, c + j, ldc, accumulate, __mmask16((1u << left) - 1));
   }
 }
 
