@@ -27,7 +27,10 @@
 // are added at the end. On a phase's own tiles grad_x is computed as the stride-2
 // convolution it is (backward_phased): 2x2 tiles of grad_x that do not overlap, so tasks
 // run across samples as the forward's do.
-// Built once per CPU capability (cpu/capability.h).
+// Built once per CPU capability (cpu/capability.h). Its buffers are tensors, not
+// std::vector<T>: an AVX-512 build that emits std::vector<float>'s constructors out of line
+// (it did once its transforms grew) gives the linker AVX-512 copies of weak symbols the
+// baseline code shares (tests/test_cpu_capability.py).
 #include "cpu/capability.h"
 #include "cpu/conv_transpose_nhwc.h"
 #include "cpu/huge_page_empty.h"
@@ -59,18 +62,20 @@ namespace {
 constexpr int64_t kPoints = 9;        // transform points per tile (3 x 3)
 constexpr int64_t kTaskTiles = 128;   // tiles per shared-tile backward task, about (whole
                                       // tile rows; measured 40-256)
-// Tasks across samples (forward, backward_phased): at most kForwardTiles tiles (forward,
-// measured 64-256 on 128->64 and 512->256 layers: 128 within noise of the best; fwd+bwd,
-// 128/256/512 on six DCGAN/GN/U-Net layers: 256 within noise of 128, 512 up to 1.3x slower
-// on 128-channel layers). A phase's
+// Tasks across samples: at most kForwardTiles tiles in the forward (measured 64-256 on
+// 128->64 and 512->256 layers: 128 within noise of the best), kBackwardTiles in
+// backward_phased (with small_gemm, 128 / 256 / 512 over seven DCGAN/GN/U-Net layers
+// fwd+bwd: 256 up to 7% faster than 128 on 256-channel layers, where each task's grad_U
+// products (K = its tiles) read and write all of grad_U's slice, 512 2-8% slower). A phase's
 // own tiles from Cout >= kPhasedMinChannels (forward at 64->3@32: shared tiles 2.1x
 // oneDNN, per-phase 0.43x; 128->64@16: per-phase 1.17x, shared 1.05x; 64 channels a tie).
 constexpr int64_t kForwardTiles = 128;
+constexpr int64_t kBackwardTiles = 256;
 constexpr int64_t kPhasedMinChannels = 64;
 
 // Whether float32 products run in small_gemm (cpu/small_gemm.h: the AVX-512 build) rather
-// than the BLAS. It reads B by rows, so the backward's grad_x products take U^T, transposed
-// once a call, where the BLAS reads U transposed in place.
+// than the BLAS. It reads B by rows, so the backward's grad_x products take U^T (which
+// transform_weight writes instead of U), where the BLAS reads U transposed in place.
 template <typename T>
 constexpr bool own_gemm() {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -105,8 +110,8 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
 }
 
 // C (m x ci, ldc) = A (m x 4 co, lda) times point `point`'s U^T: grad_x's products. With
-// own_gemm, `ut` is U^T (9, 4 co, ci), read by rows; else null, and the BLAS reads U itself
-// transposed.
+// own_gemm, `ut` is U^T (9, 4 co, ci), read by rows, and `u` null; else `ut` is null and the
+// BLAS reads U transposed.
 template <typename T>
 void gemm_u_transposed(int64_t m, int64_t ci, int64_t co, const T* a, int64_t lda, const T* u,
                        const T* ut, int64_t point, T* c, int64_t ldc) {
@@ -154,38 +159,62 @@ void filter_rows_adjoint(const T* __restrict u0, const T* __restrict u1,
   }
 }
 
-// weight (ci, co, 4, 4) -> U (9, ci, 4 co), laid out as u_offset says. Per input channel
-// i: its taps as k[ky * 4 + kx][o] (the weight's own rows when taps_last, else
-// transposed), G along y into t[a * 4 + kx][o], then G along x into U's 36 rows (a, b) of
-// i: every pass runs over contiguous rows of co (the loop over (i, o) that wrote 36
-// scattered values a pair took ~8% of a 512->256@4 fwd+bwd). `u_row(a, b)` is U's row
-// (a, b) of i.
+// weight (ci, co, 4, 4) -> U (9, ci, 4 co), laid out as u_offset says, or its transpose
+// U^T (9, 4 co, ci) when `transposed` (the backward's, with own_gemm: it needs no U). Per
+// input channel i: its taps as k[ky * 4 + kx][o] (the weight's own rows when taps_last,
+// else transposed), G along y into t[a * 4 + kx][o], then G along x into U's 36 rows (a, b)
+// of i: every pass runs over contiguous rows of co (the loop over (i, o) that wrote 36
+// scattered values a pair took ~8% of a 512->256@4 fwd+bwd). For U^T the rows of
+// kWeightBlock channels are transposed from a block in cache: a transpose of U in memory
+// after the transform read and wrote 2 x 4.7 MB at 256->128.
+constexpr int64_t kWeightBlock = 16;
+
 template <typename T>
-void transform_weight(const at::Tensor& weight, T* u) {
+void transform_weight(const at::Tensor& weight, T* u, bool transposed) {
   const int64_t ci = weight.size(0), co = weight.size(1);
   const bool direct = taps_last(weight);
   const at::Tensor w = direct ? weight : weight.contiguous();
   const T* wp = w.data_ptr<T>();
-  at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> k_rows(direct ? 0 : 16 * co), t(24 * co);
-    for (int64_t i = begin; i < end; ++i) {
-      const T* k = wp + i * co * 16;
-      if (!direct) {
-        layout_detail::transpose_block(k, 16, k_rows.data(), co, co, 16);
-        k = k_rows.data();
+  const int64_t blocks = (ci + kWeightBlock - 1) / kWeightBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // U^T's block: row (a, b) of channel i0 + j at rows[((a * 6 + b) * kWeightBlock + j) * co]
+    const at::Tensor buffer = at::empty({(16 + 24 + 36 * kWeightBlock) * co}, weight.options());
+    T* const k_rows = buffer.data_ptr<T>();
+    T* const t = k_rows + 16 * co;
+    T* const rows = t + 24 * co;
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t i0 = block * kWeightBlock, i1 = std::min(i0 + kWeightBlock, ci);
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* k = wp + i * co * 16;
+        if (!direct) {
+          layout_detail::transpose_block(k, 16, k_rows, co, co, 16);
+          k = k_rows;
+        }
+        const auto k_row = [&](int64_t r) { return k + r * co; };
+        const auto t_row = [&](int64_t r) { return t + r * co; };
+        const auto u_row = [&](int64_t a, int64_t b) {
+          return transposed ? rows + ((a * 6 + b) * kWeightBlock + i - i0) * co
+                            : u + u_offset(a, b, i, 0, ci, co);
+        };
+        for (int64_t kx = 0; kx < 4; ++kx) {
+          filter_rows(k_row(kx), k_row(4 + kx), k_row(8 + kx), k_row(12 + kx), t_row(kx),
+                      t_row(4 + kx), t_row(8 + kx), t_row(12 + kx), t_row(16 + kx),
+                      t_row(20 + kx), co);
+        }
+        for (int64_t a = 0; a < 6; ++a) {
+          filter_rows(t_row(a * 4), t_row(a * 4 + 1), t_row(a * 4 + 2), t_row(a * 4 + 3),
+                      u_row(a, 0), u_row(a, 1), u_row(a, 2), u_row(a, 3), u_row(a, 4),
+                      u_row(a, 5), co);
+        }
       }
-      const auto k_row = [&](int64_t r) { return k + r * co; };
-      const auto t_row = [&](int64_t r) { return t.data() + r * co; };
-      const auto u_row = [&](int64_t a, int64_t b) { return u + u_offset(a, b, i, 0, ci, co); };
-      for (int64_t kx = 0; kx < 4; ++kx) {
-        filter_rows(k_row(kx), k_row(4 + kx), k_row(8 + kx), k_row(12 + kx), t_row(kx),
-                    t_row(4 + kx), t_row(8 + kx), t_row(12 + kx), t_row(16 + kx),
-                    t_row(20 + kx), co);
-      }
+      if (!transposed) continue;
       for (int64_t a = 0; a < 6; ++a) {
-        filter_rows(t_row(a * 4), t_row(a * 4 + 1), t_row(a * 4 + 2), t_row(a * 4 + 3),
-                    u_row(a, 0), u_row(a, 1), u_row(a, 2), u_row(a, 3), u_row(a, 4), u_row(a, 5),
-                    co);
+        for (int64_t b = 0; b < 6; ++b) {  // U^T[point][phase * co + o][i]
+          const int64_t point = a % 3 * 3 + b % 3, phase = a / 3 * 2 + b / 3;
+          layout_detail::transpose_block(rows + (a * 6 + b) * kWeightBlock * co, co,
+                                         u + (point * 4 + phase) * co * ci + i0, ci, i1 - i0,
+                                         co);
+        }
       }
     }
   });
@@ -199,11 +228,13 @@ void untransform_weight(const T* gu, at::Tensor& grad_weight) {
   const bool direct = taps_last(grad_weight);
   T* gw = grad_weight.data_ptr<T>();
   at::parallel_for(0, ci, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> k_rows(direct ? 0 : 16 * co), t(24 * co);
+    const at::Tensor buffer = at::empty({(16 + 24) * co}, grad_weight.options());
+    T* const k_rows = buffer.data_ptr<T>();
+    T* const t = k_rows + 16 * co;
     for (int64_t i = begin; i < end; ++i) {
-      T* k = direct ? gw + i * co * 16 : k_rows.data();
+      T* k = direct ? gw + i * co * 16 : k_rows;
       const auto k_row = [&](int64_t r) { return k + r * co; };
-      const auto t_row = [&](int64_t r) { return t.data() + r * co; };
+      const auto t_row = [&](int64_t r) { return t + r * co; };
       const auto u_row = [&](int64_t a, int64_t b) { return gu + u_offset(a, b, i, 0, ci, co); };
       for (int64_t a = 0; a < 6; ++a) {
         filter_rows_adjoint(u_row(a, 0), u_row(a, 1), u_row(a, 2), u_row(a, 3), u_row(a, 4),
@@ -256,12 +287,14 @@ struct Tile {
 };
 
 // Tasks over all n * ty * tx tiles, numbered across samples (forward, backward_phased):
-// at most kForwardTiles tiles each, at least one task per thread.
+// at most `most_tiles` tiles each, as many for each thread (the slices split the tasks
+// evenly: 3 tasks on 2 threads left one idle a third of the call).
 struct Tasks {
   int64_t all, count;
-  explicit Tasks(const Tiles& g) : all(g.n * g.ty * g.tx) {
-    count = std::max<int64_t>((all + kForwardTiles - 1) / kForwardTiles,
-                              std::min<int64_t>(at::get_num_threads(), all));
+  Tasks(const Tiles& g, int64_t most_tiles) : all(g.n * g.ty * g.tx) {
+    const int64_t threads = std::min<int64_t>(at::get_num_threads(), all);
+    const int64_t rounds = ((all + most_tiles - 1) / most_tiles + threads - 1) / threads;
+    count = std::min(rounds * threads, all);
   }
   int64_t first(int64_t task) const { return all * task / count; }
   int64_t most() const { return (all + count - 1) / count; }  // tiles in a task, at most
@@ -510,11 +543,12 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
   const bool shared = !phase_tiles(co);
   const Tiles g = shared ? Tiles::shared(x) : Tiles::per_phase(x);
   const int64_t groups = shared ? 1 : 4, cols = shared ? 4 * co : co;  // tile groups, GEMM N
-  const Tasks tasks(g);
+  const Tasks tasks(g, kForwardTiles);
   const T* xp = x.data_ptr<T>();
   const T* up = u.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const std::vector<T> zeros(ci, T(0));
+  const at::Tensor zero_pixel = at::zeros({ci}, x.options());
+  const T* zeros = zero_pixel.data_ptr<T>();
   const int64_t slices = std::min<int64_t>(at::get_num_threads(), tasks.count);
   const int64_t most = tasks.most();
   SliceScratch<T> scratch(slices, {kPoints * most * ci, kPoints * most * cols, co});
@@ -529,7 +563,7 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
         const int64_t tiles = last - first;
         for (int64_t group = 0; group < groups; ++group) {  // shared: all phases; else phase
           const int64_t py = shared ? 0 : group / 2, px = shared ? 0 : group % 2;
-          input_transform(xp, g, ci, first, last, py, px, zeros.data(), v);
+          input_transform(xp, g, ci, first, last, py, px, zeros, v);
           for (int64_t p = 0; p < kPoints; ++p) {  // U's columns of the group's phases
             gemm<T>(false, false, tiles, cols, ci, v + p * tiles * ci, ci,
                     up + p * ci * 4 * co + group * co, 4 * co, T(0), m + p * tiles * cols,
@@ -573,19 +607,20 @@ struct SlicedGradU {
 };
 
 template <typename T>
-void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
+void backward(const at::Tensor& gout, const at::Tensor& x, const T* up,
               const T* ut, at::Tensor& grad_x, at::Tensor& grad_u) {
   const int64_t ci = x.size(1), co = gout.size(1), nu = kPoints * ci * 4 * co;
   const Tiles g = Tiles::shared(x);
   const T* gp = gout.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
-  const T* up = u.data_ptr<T>();
   T* gxp = grad_x.data_ptr<T>();
-  const std::vector<T> zeros(std::max(ci, co), T(0));
+  const at::Tensor zero_pixel = at::zeros({std::max(ci, co)}, x.options());
+  const T* zeros = zero_pixel.data_ptr<T>();
   const int64_t cols = 2 * g.tx + 1, row = g.w * ci;  // acc row: columns -1 .. 2 tx - 1
   // Input row 2 t0 - 1 of a task also takes the task above's last tile row: the task keeps
   // its part of that row in `halo`, added once all tasks are done.
-  std::vector<T> halo(g.tasks() * row);
+  const at::Tensor halo_rows = at::empty({g.tasks() * row}, x.options());
+  T* halo = halo_rows.data_ptr<T>();
   const int64_t tasks = g.tasks();
   SlicedGradU<T> sliced(tasks, nu, grad_u);
   const int64_t most = g.max_tiles(), acc_size = (2 * g.rows + 1) * cols * ci;
@@ -604,9 +639,9 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
         const int64_t s = task / g.blocks, t0 = g.first_row(task), t1 = g.end_row(task);
         const int64_t tiles = (t1 - t0) * g.tx;
         input_transform(xp, g, ci, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 0,
-                        zeros.data(), v);
+                        zeros, v);
         output_adjoint(gp, g, co, (s * g.ty + t0) * g.tx, (s * g.ty + t1) * g.tx, 0, 4, true,
-                       zeros.data(), gm);
+                       zeros, gm);
         for (int64_t p = 0; p < kPoints; ++p) {
           const T* gmp = gm + p * tiles * 4 * co;
           gemm_u_transposed(tiles, ci, co, gmp, 4 * co, up, ut, p, gv + p * tiles * ci, ci);
@@ -620,7 +655,7 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
           const int64_t iy = 2 * t0 - 1 + r;
           if (iy < 0 || iy >= g.h) continue;
           const T* src = acc + (r * cols + 1) * ci;
-          T* dst = r == 0 ? halo.data() + task * row : gxp + (s * g.h + iy) * row;
+          T* dst = r == 0 ? halo + task * row : gxp + (s * g.h + iy) * row;
           std::copy(src, src + row, dst);
         }
       }
@@ -629,7 +664,7 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t s = task / g.blocks, iy = 2 * g.first_row(task) - 1;
     if (iy < 0 || iy >= g.h) continue;
-    const T* src = halo.data() + task * row;
+    const T* src = halo + task * row;
     T* dst = gxp + (s * g.h + iy) * row;
     for (int64_t e = 0; e < row; ++e) dst[e] += src[e];
   }
@@ -641,16 +676,16 @@ void backward(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
 // grad_x pixel written once (grad_x's 2x2 tiles do not overlap: no halo, so tasks run
 // across samples); then per phase, grad_U's columns of the phase += V^T Gm.
 template <typename T>
-void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& u,
+void backward_phased(const at::Tensor& gout, const at::Tensor& x, const T* up,
                      const T* ut, at::Tensor& grad_x, at::Tensor& grad_u) {
   const int64_t ci = x.size(1), co = gout.size(1), nu = kPoints * ci * 4 * co;
   const Tiles g = Tiles::per_phase(x);
-  const Tasks tasks(g);
+  const Tasks tasks(g, kBackwardTiles);
   const T* gp = gout.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
-  const T* up = u.data_ptr<T>();
   T* gxp = grad_x.data_ptr<T>();
-  const std::vector<T> zeros(std::max(ci, co), T(0));
+  const at::Tensor zero_pixel = at::zeros({std::max(ci, co)}, x.options());
+  const T* zeros = zero_pixel.data_ptr<T>();
   SlicedGradU<T> sliced(tasks.count, nu, grad_u);  // as in backward()
   const int64_t most = tasks.most();
   SliceScratch<T> scratch(sliced.slices, {kPoints * most * 4 * co, kPoints * most * ci,
@@ -668,15 +703,15 @@ void backward_phased(const at::Tensor& gout, const at::Tensor& x, const at::Tens
         const T beta = task == first_task ? T(0) : T(1);
         const int64_t first = tasks.first(task), last = tasks.first(task + 1);
         const int64_t tiles = last - first;
-        gradient_transform(gp, g, co, first, last, zeros.data(), vg);
+        gradient_transform(gp, g, co, first, last, zeros, vg);
         for (int64_t p = 0; p < kPoints; ++p) {
           gemm_u_transposed(tiles, ci, co, vg + p * tiles * 4 * co, 4 * co, up, ut,
                             kPoints - 1 - p, mx + p * tiles * ci, ci);
         }
-        gradient_output(mx, g, ci, first, last, zeros.data(), sink, gxp);
+        gradient_output(mx, g, ci, first, last, zeros, sink, gxp);
         for (int64_t phase = 0; phase < 4; ++phase) {
-          input_transform(xp, g, ci, first, last, phase / 2, phase % 2, zeros.data(), v);
-          output_adjoint(gp, g, co, first, last, phase, phase + 1, false, zeros.data(), gm);
+          input_transform(xp, g, ci, first, last, phase / 2, phase % 2, zeros, v);
+          output_adjoint(gp, g, co, first, last, phase, phase + 1, false, zeros, gm);
           for (int64_t p = 0; p < kPoints; ++p) {
             gemm<T>(true, false, ci, co, tiles, v + p * tiles * ci, ci, gm + p * tiles * co, co,
                     beta, gu + p * ci * 4 * co + phase * co, 4 * co);
@@ -710,9 +745,9 @@ at::Tensor conv_transpose_nhwc_forward(const at::Tensor& x, const at::Tensor& we
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_forward", [&] {
-    transform_weight(weight, u.data_ptr<scalar_t>());
-    const std::vector<scalar_t> no_bias(has_bias ? 0 : co, scalar_t(0));
-    forward<scalar_t>(x, u, has_bias ? b.data_ptr<scalar_t>() : no_bias.data(), y);
+    transform_weight(weight, u.data_ptr<scalar_t>(), false);
+    const at::Tensor no_bias = has_bias ? b : at::zeros({co}, x.options());
+    forward<scalar_t>(x, u, no_bias.data_ptr<scalar_t>(), y);
   });
   return y;
 }
@@ -724,7 +759,6 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
   RECORD_FUNCTION("fastvae::conv_transpose_nhwc_backward", std::vector<c10::IValue>());
   const int64_t ci = weight.size(0), co = weight.size(1);
   const at::Tensor g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   at::Tensor grad_x = empty_huge(x.sizes(), x.scalar_type(), at::MemoryFormat::ChannelsLast);
   at::Tensor grad_u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   // in weight's memory format: a taps_last grad_weight is written by untransform_weight
@@ -734,18 +768,16 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose_nhwc_backward(const at::Tensor
                           ? grad_weight
                           : at::empty({ci, co, 4, 4}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_backward", [&] {
-    transform_weight(weight, u.data_ptr<scalar_t>());
-    at::Tensor ut;  // U^T for own_gemm (see there)
-    if constexpr (own_gemm<scalar_t>()) {
-      ut = empty_huge({kPoints, 4 * co, ci}, weight.scalar_type());
-      layout_detail::transpose(u.data_ptr<scalar_t>(), ut.data_ptr<scalar_t>(), kPoints, ci,
-                               4 * co, true);
-    }
-    const scalar_t* utp = ut.defined() ? ut.data_ptr<scalar_t>() : nullptr;
+    // grad_x's products take U^T with own_gemm (see there), else U read transposed
+    const bool transposed = own_gemm<scalar_t>();
+    at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
+    transform_weight(weight, u.data_ptr<scalar_t>(), transposed);
+    const scalar_t* up = transposed ? nullptr : u.data_ptr<scalar_t>();
+    const scalar_t* utp = transposed ? u.data_ptr<scalar_t>() : nullptr;
     if (phase_tiles(co)) {
-      backward_phased<scalar_t>(g, x, u, utp, grad_x, grad_u);
+      backward_phased<scalar_t>(g, x, up, utp, grad_x, grad_u);
     } else {
-      backward<scalar_t>(g, x, u, utp, grad_x, grad_u);
+      backward<scalar_t>(g, x, up, utp, grad_x, grad_u);
     }
     untransform_weight(grad_u.data_ptr<scalar_t>(), grad_w);
   });
