@@ -176,19 +176,21 @@ def test_every_path_matches_the_reference(path, layout, dtype, monkeypatch):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("hw, kernel, geometry, norm", [
-    ((1, 1), 4, [1, 1, 0, 0, 0, 0], "batch"),     # DCGAN's first layer: one product
-    ((1, 1), 2, [2, 2, 0, 0, 0, 0], "group"),     # one product
-    ((1, 1), 4, [2, 2, 1, 1, 0, 0], "instance"),  # a U-Net's innermost: col2im crops
-    ((1, 1), 5, [1, 2, 2, 1, 0, 0], "none"),      # a 1x3 output: its own padding per axis
-    ((1, 1), 3, [2, 2, 1, 1, 1, 1], "group"),     # output_padding
-    ((2, 2), 4, [2, 2, 1, 1, 0, 0], "instance"),  # the U-Net's next: col2im
-    ((3, 5), 3, [2, 2, 1, 1, 1, 1], "batch"),
-    ((4, 1), 4, [1, 2, 0, 1, 0, 0], "none"),
+@pytest.mark.parametrize("hw, kernel, geometry, norm, cout", [
+    ((1, 1), 4, [1, 1, 0, 0, 0, 0], "batch", 8),     # DCGAN's first layer: one product
+    ((1, 1), 2, [2, 2, 0, 0, 0, 0], "group", 8),     # one product
+    ((1, 1), 4, [2, 2, 1, 1, 0, 0], "instance", 8),  # a U-Net's innermost: col2im crops
+    ((1, 1), 5, [1, 2, 2, 1, 0, 0], "none", 8),      # a 1x3 output: its own padding per axis
+    ((1, 1), 3, [2, 2, 1, 1, 1, 1], "group", 8),     # output_padding
+    ((2, 2), 4, [2, 2, 1, 1, 0, 0], "instance", 8),  # the U-Net's next: col2im
+    ((3, 5), 3, [2, 2, 1, 1, 1, 1], "batch", 8),
+    ((4, 1), 4, [1, 2, 0, 1, 0, 0], "none", 8),
+    # wide_gemm (AVX-512): 45 rows (3 blocks of 12 and 9), 27 columns (a vector + 11 masked)
+    ((3, 5), 3, [2, 2, 1, 1, 1, 1], "none", 3),
 ])
 @pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
-def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layout, weight_layout,
-                                         monkeypatch):
+def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, cout, dtype, layout,
+                                         weight_layout, monkeypatch):
     """The gemm path on small maps, values and every gradient, against the reference; a
     channels_last weight (taken without a copy on 1x1 maps) gives a channels_last output and
     grad_weight, as eager's convolution does."""
@@ -197,11 +199,12 @@ def test_gemm_path_matches_the_reference(hw, kernel, geometry, norm, dtype, layo
     assert plan(torch.empty(3, 7, *hw), kernel=kernel, geometry=geometry) == "gemm"
     torch.manual_seed(torch.seed() % 2**31)
     x = layout_of(torch.randn(3, 7, *hw, dtype=torch.float64), layout)
-    weight = layout_of(torch.randn(7, 8, kernel, kernel, dtype=torch.float64) / 3, weight_layout)
-    bias = torch.randn(8, dtype=torch.float64)
+    weight = layout_of(torch.randn(7, cout, kernel, kernel, dtype=torch.float64) / 3,
+                       weight_layout)
+    bias = torch.randn(cout, dtype=torch.float64)
     ho, wo = ((hw[d] - 1) * geometry[d] - 2 * geometry[2 + d] + kernel + geometry[4 + d]
               for d in (0, 1))
-    grad_y = torch.randn(3, 8, ho, wo, dtype=torch.float64)
+    grad_y = torch.randn(3, cout, ho, wo, dtype=torch.float64)
     outs = {}
     for backend, dt in (("native", dtype), ("reference", dtype), ("reference", torch.float64)):
         leaves = [t.to(dt).requires_grad_() for t in (x, weight, bias)]

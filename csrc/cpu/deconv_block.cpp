@@ -34,6 +34,7 @@
 #include "cpu/conv_transpose_nhwc.h"
 #include "cpu/huge_page_empty.h"
 #include "cpu/layout.h"
+#include "cpu/wide_gemm.h"
 
 namespace fastvae::cpu::CPU_CAPABILITY {
 namespace {
@@ -198,16 +199,17 @@ at::Tensor pixel_rows(const at::Tensor& x) {
   return x.permute({0, 2, 3, 1}).reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
 }
 
-// The transposed convolution of a small map as one product and a col2im: the rows of x
-// (N*H*W, Cin) times the weight (Cin, Cout*kH*kW) give every input pixel's contribution
-// to its kH x kW window of the output, which col2im sums into place (bias added after).
+// The transposed convolution of a small map as one product (cpu/wide_gemm.h) and a col2im:
+// the rows of x (N*H*W, Cin) times the weight (Cin, Cout*kH*kW) give every input pixel's
+// contribution to its kH x kW window of the output, which col2im sums into place (bias
+// added after).
 at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight,
                              const c10::optional<at::Tensor>& bias, const Geometry& geo) {
   const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t kh = weight.size(2), kw = weight.size(3);
   const int64_t ho = (h - 1) * geo.v[0] - 2 * geo.v[2] + kh + geo.v[4];
   const int64_t wo = (w - 1) * geo.v[1] - 2 * geo.v[3] + kw + geo.v[5];
-  const at::Tensor cols = at::mm(pixel_rows(x), weight.reshape({cin, -1}))
+  const at::Tensor cols = wide_mm(pixel_rows(x), weight.reshape({cin, -1}))
                               .view({n, h * w, -1})
                               .transpose(1, 2);  // (N, Cout*kH*kW, H*W)
   at::Tensor y = at::col2im(cols, {ho, wo}, {kh, kw}, {1, 1}, geo.padding(), geo.stride());
@@ -216,7 +218,7 @@ at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight,
 }
 
 // Its backward: im2col of the gradient gathers each input pixel's output window, then
-// grad_x = windows @ W^T and grad_W = rows(x)^T @ windows.
+// grad_x = windows @ W^T (at::mm: W^T is W read transposed) and grad_W = rows(x)^T @ windows.
 std::tuple<at::Tensor, at::Tensor> small_map_backward(const at::Tensor& grad,
                                                       const at::Tensor& x,
                                                       const at::Tensor& weight,
@@ -229,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor> small_map_backward(const at::Tensor& grad,
   const at::Tensor wm = weight.reshape({cin, -1});
   const at::Tensor grad_x =
       at::mm(windows, wm.t()).view({n, h, w, cin}).permute({0, 3, 1, 2});  // channels_last
-  const at::Tensor grad_weight = at::mm(pixel_rows(x).t(), windows).view(weight.sizes());
+  const at::Tensor grad_weight = wide_mm(pixel_rows(x).t(), windows).view(weight.sizes());
   return {grad_x, grad_weight};
 }
 
