@@ -178,7 +178,8 @@ void transform_weight(const at::Tensor& weight, T* u, bool transposed) {
   const int64_t blocks = (ci + kWeightBlock - 1) / kWeightBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     // U^T's block: row (a, b) of channel i0 + j at rows[((a * 6 + b) * kWeightBlock + j) * co]
-    const at::Tensor buffer = at::empty({(16 + 24 + 36 * kWeightBlock) * co}, weight.options());
+    const int64_t block_rows = transposed ? 36 * kWeightBlock : 0;
+    const at::Tensor buffer = at::empty({(16 + 24 + block_rows) * co}, weight.options());
     T* const k_rows = buffer.data_ptr<T>();
     T* const t = k_rows + 16 * co;
     T* const rows = t + 24 * co;
