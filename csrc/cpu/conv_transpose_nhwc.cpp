@@ -301,6 +301,12 @@ struct Tasks {
   int64_t most() const { return (all + count - 1) / count; }  // tiles in a task, at most
 };
 
+// The first of `tasks` tasks that slice `slice` of `slices` (one a thread) runs; its last
+// is the next slice's first - 1 (the forward's and SlicedGradU's split).
+inline int64_t slice_first(int64_t tasks, int64_t slice, int64_t slices) {
+  return tasks * slice / slices;
+}
+
 // Each slice's (thread's) scratch for its tasks' transforms and products: parts of the
 // given sizes, carved from one uninitialized block of empty_huge, which keeps large blocks
 // for the next call. std::vectors a call were zero-filled (5 MB a thread in a 256->128@16
@@ -558,8 +564,8 @@ void forward(const at::Tensor& x, const at::Tensor& u, const T* bias, at::Tensor
       T* v = scratch.part(slice, 0);
       T* m = scratch.part(slice, 1);
       T* sink = scratch.part(slice, 2);
-      for (int64_t task = tasks.count * slice / slices;
-           task < tasks.count * (slice + 1) / slices; ++task) {
+      for (int64_t task = slice_first(tasks.count, slice, slices);
+           task < slice_first(tasks.count, slice + 1, slices); ++task) {
         const int64_t first = tasks.first(task), last = tasks.first(task + 1);
         const int64_t tiles = last - first;
         for (int64_t group = 0; group < groups; ++group) {  // shared: all phases; else phase
@@ -593,8 +599,7 @@ struct SlicedGradU {
         grad_u(grad_u_.data_ptr<T>()),
         partial(empty_huge({(slices - 1) * nu_}, grad_u_.scalar_type())) {}
   T* of(int64_t slice) { return slice == 0 ? grad_u : partial.data_ptr<T>() + (slice - 1) * nu; }
-  // The first of slice `slice`'s tasks (its last is first(slice + 1) - 1).
-  int64_t first(int64_t slice) const { return tasks * slice / slices; }
+  int64_t first(int64_t slice) const { return slice_first(tasks, slice, slices); }
   void sum() {  // grad_U = slice 0 + slice 1 + ..., per element in slice order
     if (slices == 1) return;
     const T* part = partial.data_ptr<T>();
@@ -743,12 +748,11 @@ at::Tensor conv_transpose_nhwc_forward(const at::Tensor& x, const at::Tensor& we
   at::Tensor u = empty_huge({kPoints, ci, 4 * co}, weight.scalar_type());
   at::Tensor y = empty_huge({x.size(0), co, 2 * x.size(2), 2 * x.size(3)}, x.scalar_type(),
                             at::MemoryFormat::ChannelsLast);
-  const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  const at::Tensor b =
+      bias.has_value() && bias->defined() ? bias->contiguous() : at::zeros({co}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose_nhwc_forward", [&] {
     transform_weight(weight, u.data_ptr<scalar_t>(), false);
-    const at::Tensor no_bias = has_bias ? b : at::zeros({co}, x.options());
-    forward<scalar_t>(x, u, no_bias.data_ptr<scalar_t>(), y);
+    forward<scalar_t>(x, u, b.data_ptr<scalar_t>(), y);
   });
   return y;
 }

@@ -133,6 +133,11 @@ struct Geometry {
     return x.size(2) == 1 && x.size(3) == 1 && v[2] == 0 && v[3] == 0 && v[4] == 0 && v[5] == 0;
   }
   // The 4x4 stride-2 padding-1 block: the Winograd paths' geometry.
+  // The output's size along `axis` (0: H, 1: W) for input x and weight.
+  int64_t output_size(const at::Tensor& x, const at::Tensor& weight, int axis) const {
+    return (x.size(2 + axis) - 1) * v[axis] - 2 * v[2 + axis] + weight.size(2 + axis) +
+           v[4 + axis];
+  }
   bool is_k4s2p1(const at::Tensor& weight) const {
     return weight.size(2) == 4 && weight.size(3) == 4 && v[0] == 2 && v[1] == 2 && v[2] == 1 &&
            v[3] == 1 && v[4] == 0 && v[5] == 0;
@@ -213,8 +218,7 @@ at::Tensor col2im_taps_last(const at::Tensor& cols, const at::Tensor& x,
                             const Geometry& geo) {
   const int64_t n = x.size(0), h = x.size(2), w = x.size(3), co = weight.size(1);
   const int64_t kh = weight.size(2), kw = weight.size(3);
-  const int64_t ho = (h - 1) * geo.v[0] - 2 * geo.v[2] + kh + geo.v[4];
-  const int64_t wo = (w - 1) * geo.v[1] - 2 * geo.v[3] + kw + geo.v[5];
+  const int64_t ho = geo.output_size(x, weight, 0), wo = geo.output_size(x, weight, 1);
   at::Tensor y = at::empty({n, co, ho, wo}, cols.options(), at::MemoryFormat::ChannelsLast);
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::zeros({co}, cols.options());
@@ -298,8 +302,7 @@ at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight,
                             geo);
   }
   const int64_t kh = weight.size(2), kw = weight.size(3);
-  const int64_t ho = (h - 1) * geo.v[0] - 2 * geo.v[2] + kh + geo.v[4];
-  const int64_t wo = (w - 1) * geo.v[1] - 2 * geo.v[3] + kw + geo.v[5];
+  const int64_t ho = geo.output_size(x, weight, 0), wo = geo.output_size(x, weight, 1);
   const at::Tensor cols = wide_mm(pixel_rows(x), weight.reshape({cin, -1}))
                               .view({n, h * w, -1})
                               .transpose(1, 2);  // (N, Cout*kH*kW, H*W)
